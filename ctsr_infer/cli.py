@@ -1,0 +1,194 @@
+"""The ``ctsr`` command: typer + rich. The only module that draws.
+
+Exit codes: 0 all files ok (skipped ones included), 1 some files failed, 2 usage error,
+3 missing model or environment problem.
+"""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import (
+    CtsrError,
+    DeviceError,
+    IncompatibleWeightsError,
+    InvalidInputError,
+    KnobError,
+    UnknownModelError,
+    UnsafeCheckpointError,
+    WeightsNotFoundError,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step diffusion super-resolution with a fidelity/realness knob.")
+models_app = typer.Typer(no_args_is_help=True, help="List and convert models.")
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, (InvalidInputError, KnobError, UnknownModelError)):
+        return EXIT_USAGE
+    if isinstance(exc, (WeightsNotFoundError, DeviceError, IncompatibleWeightsError, UnsafeCheckpointError)):
+        return EXIT_ENV
+    return EXIT_FAILED
+
+
+def _fail(exc: CtsrError) -> "typer.Exit":
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(_exit_code(exc))
+
+
+def _parse_t(value: Optional[str]) -> Optional[list[float]]:
+    if value is None:
+        return None
+    try:
+        ts = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected a number in [0, 1] or a comma-separated list such as 0,0.5,1; got {value!r}") from None
+    if not ts or any(not 0.0 <= t <= 1.0 for t in ts):
+        raise typer.BadParameter(f"every t must be in [0, 1] (0 = realistic detail, 1 = faithful); got {value!r}")
+    return ts
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ctsr-infer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what the library does.")] = False,
+) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def upscale(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input) or folder.")],
+    t: Annotated[Optional[str], typer.Option("--t", help="Knob in [0, 1] (0 realistic, 1 faithful), or a list: 0,0.5,1.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model id (`ctsr models list`) or student file.")] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="Local diffusers folder of the base model.")] = None,
+    scale: Annotated[Optional[float], typer.Option("--scale", "-s", help="Upscaling factor, any number >= 1.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")] = "auto",
+    color_fix: Annotated[Optional[str], typer.Option("--color-fix", help="adain, wavelet or none (default: the model's).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed for --encode sample.")] = None,
+    encode: Annotated[Optional[str], typer.Option("--encode", help="VAE posterior: mean (deterministic) or sample.")] = None,
+    knob_steps: Annotated[Optional[int], typer.Option("--knob-steps", help="Euler steps of the ctsr-flow knob.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirroring the tree.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="Output format in folder mode: png, jpg, webp, tiff.")] = "png",
+) -> None:
+    """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
+    from .batch import BatchItem, plan_jobs, run_batch
+    from .pipeline import load
+    from .progress import ProgressEvent
+
+    ts = _parse_t(t)
+    try:
+        jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt)
+        if not jobs:
+            err.print("[yellow]no image files found in the inputs[/]")
+            raise typer.Exit(EXIT_FAILED)
+        upscaler = load(model, base=base, device=device, dtype=dtype)
+        options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
+        upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )
+    files = progress.add_task("files", total=len(jobs))
+    stage = progress.add_task("", total=1)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.stage == "file":
+            progress.update(files, completed=event.done)
+        else:
+            progress.update(stage, description=event.stage, completed=event.done, total=max(event.total, 1))
+
+    def on_item(item: BatchItem) -> None:
+        if item.status == "failed":
+            progress.console.print(f"[red]failed[/] {item.source}: {item.error}", highlight=False)
+
+    with progress:
+        report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item, **options)
+
+    table = Table(title=f"ctsr upscale — {upscaler.name}", show_lines=False)
+    for column in ("status", "input", "output", "seconds"):
+        table.add_column(column)
+    for item in report.items:
+        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[item.status]
+        table.add_row(f"[{colour}]{item.status}[/]", str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}")
+    out.print(table)
+    out.print(f"{report.count('ok')} ok, {report.count('skipped')} skipped, {report.count('failed')} failed")
+    raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """List the models of the manifest."""
+    from .manifest import load_manifest
+
+    manifest = load_manifest()
+    table = Table()
+    for column in ("id", "family", "knob", "scale", "licence", "default"):
+        table.add_column(column)
+    for model_id in sorted(manifest.models):
+        spec = manifest.models[model_id]
+        table.add_row(model_id, spec.family, spec.knob.kind, f"{spec.scale:g}", spec.licence, "yes" if model_id == manifest.default else "")
+    out.print(table)
+
+
+@models_app.command("convert")
+def models_convert(
+    source: Annotated[Path, typer.Argument(help="OSEDiff checkpoint (osediff.pkl).")],
+    target: Annotated[Path, typer.Argument(help="Student file to write (.safetensors).")],
+    base: Annotated[Path, typer.Option("--base", help="Local diffusers folder of SD 2.1-base (for the prompt embedding).")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Fixed prompt carried in the student.")] = "",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing target.")] = False,
+) -> None:
+    """Convert a public checkpoint into a student file (pickles go through the allow-listed unpickler)."""
+    from .checkpoints import convert_osediff, save_student
+    from .families.sd_onestep import encode_prompt
+
+    if target.suffix != ".safetensors":
+        raise typer.BadParameter(f"TARGET must end in .safetensors, got {target.name!r}")
+    if target.exists() and not overwrite:
+        err.print(f"[red]error:[/] `{target}` exists; pass --overwrite to replace it.")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        student = convert_osediff(source, prompt_embeds=encode_prompt(base, prompt), base={"path": str(base.resolve())}, prompt=prompt)
+        save_student(student, target)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        err.print(f"[red]error:[/] cannot read the base model's text encoder in `{base}`: {exc}")
+        raise typer.Exit(EXIT_ENV) from None
+    out.print(f"wrote {target} ({len(student.tensors)} tensors, adapters: {', '.join(a.name for a in student.meta.adapters)})")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Device and precision: resolve ``auto`` deterministically and say what was chosen."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import torch
+
+from .errors import DeviceError, InvalidInputError
+
+__all__ = ["DeviceName", "DtypeName", "Placement", "resolve"]
+
+logger = logging.getLogger(__name__)
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    dtype: torch.dtype
+    """Compute dtype of the denoising network (UNet)."""
+    vae_dtype: torch.dtype
+    """Dtype of the VAE; fp32 under ``auto`` on CUDA so the decode never overflows."""
+
+
+def _cuda_ok() -> bool:
+    return torch.cuda.is_available()
+
+
+def _mps_ok() -> bool:
+    return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+
+
+def resolve(device: str = "auto", dtype: str = "auto") -> Placement:
+    """Resolve device and dtype names.
+
+    ``auto`` is CUDA with bf16 (VAE in fp32) when CUDA is present, else CPU with fp32. MPS is used
+    only when asked for. ``cuda:N`` picks a GPU.
+
+    Raises:
+        InvalidInputError: an unknown name.
+        DeviceError: a device or dtype this machine does not have.
+    """
+    if dtype not in get_args(DtypeName):
+        raise InvalidInputError(f"`dtype` must be one of {list(get_args(DtypeName))}, got {dtype!r}.")
+    base = device.split(":", 1)[0]
+    if base not in get_args(DeviceName) or (":" in device and base != "cuda"):
+        raise InvalidInputError(f"`device` must be one of {list(get_args(DeviceName))} or cuda:N, got {device!r}.")
+    if base == "auto":
+        base = "cuda" if _cuda_ok() else "cpu"
+        device = base
+    if base == "cuda" and not _cuda_ok():
+        raise DeviceError(
+            f"`device` is {device!r} but torch sees no CUDA device (torch {torch.__version__}). "
+            "Use `--device cpu`, or install a CUDA build of torch."
+        )
+    if base == "mps" and not _mps_ok():
+        raise DeviceError("`device` is 'mps' but this torch has no MPS backend. Use `--device cpu`.")
+    torch_device = torch.device(device)
+    if dtype == "auto":
+        if base == "cuda":
+            placement = Placement(torch_device, torch.bfloat16, torch.float32)
+        else:
+            placement = Placement(torch_device, torch.float32, torch.float32)
+    else:
+        chosen = _DTYPES[dtype]
+        if base == "cpu" and chosen is torch.float16:
+            raise DeviceError("`dtype` fp16 is not supported on the CPU; use `--dtype bf16` or `--dtype fp32`.")
+        if base == "cuda" and chosen is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            raise DeviceError("this GPU has no bf16 support; use `--dtype fp16` or `--dtype fp32`.")
+        placement = Placement(torch_device, chosen, chosen)
+    logger.info("device %s, network dtype %s, VAE dtype %s", placement.device, placement.dtype, placement.vae_dtype)
+    return placement

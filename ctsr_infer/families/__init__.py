@@ -1,0 +1,1 @@
+"""Student families: each builds its modules from a student file and runs the network part."""

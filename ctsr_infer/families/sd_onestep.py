@@ -1,0 +1,243 @@
+"""``sd-onestep``: Stable Diffusion 2.1-base UNet + VAE with LoRA fused at load (OSEDiff, CTSR).
+
+The OSEDiff convention (cswry/OSEDiff, ``OSEDiff_test.forward``): the input is the bicubic-upsampled
+image in [-1, 1]; it is encoded, scaled by 0.18215, passed once through the UNet at timestep 999
+with the student's prompt embedding, and z0 is formed in closed form,
+z0 = (z - sqrt(1 - abar_999) * eps) / sqrt(abar_999), from the ``alphas_cumprod`` of the SD 2.1-base
+scheduler (scaled_linear 0.00085 -> 0.012, 1000 steps). ``scheduler.step`` is never called: its
+behaviour for a one-step schedule changed in diffusers 0.32. z0 / 0.18215 is decoded and clamped.
+
+The CTSR knob (``ctsr-flow``, arXiv 2503.14272 Sec. 3.3) adds the stage-2 "ctrl" LoRA for phase 2:
+z(t) = z0 + t * eps_ctrl(z0, tau(0), c), or K Euler steps of the same field. The ctrl LoRA is fused
+into a temporary copy of the weights it touches for that one call (``torch.func.functional_call``),
+so the stage-1 weights are never modified and t = 0 stays exactly the stage-1 output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoints import StudentFile
+from ..device import Placement
+from ..errors import IncompatibleWeightsError, WeightsNotFoundError
+from ..lora import fuse, lora_delta
+
+__all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt"]
+
+logger = logging.getLogger(__name__)
+
+SD21_BASE = "SD 2.1-base (epsilon prediction, 4 latent channels, cross-attention dim 1024)"
+VAE_SCALING = 0.18215
+
+
+def alphas_cumprod_scaled_linear(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
+    """The cumulative alpha products of a scaled_linear DDPM schedule, computed as diffusers does (fp32)."""
+    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def predict_x0(sample: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, timestep: int) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t), in the same float operations as diffusers."""
+    alpha_prod = alphas_cumprod[timestep].to(device=sample.device)
+    beta_prod = 1 - alpha_prod
+    return (sample.float() - beta_prod**0.5 * eps.float()) / alpha_prod**0.5
+
+
+def _read_scheduler(base_dir: Path) -> torch.Tensor:
+    config_path = base_dir / "scheduler" / "scheduler_config.json"
+    if not config_path.is_file():
+        logger.info("no scheduler config in %s; using the SD 2.1-base schedule", base_dir)
+        return alphas_cumprod_scaled_linear()
+    config: dict[str, Any] = json.loads(config_path.read_text())
+    prediction = config.get("prediction_type", "epsilon")
+    schedule = config.get("beta_schedule", "scaled_linear")
+    if prediction != "epsilon" or schedule != "scaled_linear":
+        raise IncompatibleWeightsError(
+            f"base model `{base_dir}` has prediction_type {prediction!r} and beta_schedule {schedule!r}; "
+            f"sd-onestep students expect {SD21_BASE} with a scaled_linear schedule. Point the student at "
+            "stable-diffusion-2-1-base (not the 768-px v-prediction model)."
+        )
+    return alphas_cumprod_scaled_linear(
+        float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012)), int(config.get("num_train_timesteps", 1000))
+    )
+
+
+def load_base(base_dir: str | Path) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    """Load UNet, VAE and ``alphas_cumprod`` from a folder in diffusers layout (fp32, CPU, eval)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    base_dir = Path(base_dir)
+    for sub in ("unet", "vae"):
+        if not (base_dir / sub / "config.json").is_file():
+            raise WeightsNotFoundError(
+                f"base model folder `{base_dir}` has no `{sub}/config.json`; expected a diffusers layout "
+                "(unet/, vae/, scheduler/) such as a snapshot of stable-diffusion-2-1-base. Download it with "
+                "`ctsr models download <id>` or pass `base=` a folder that has it."
+            )
+    unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet", torch_dtype=torch.float32)
+    vae = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", torch_dtype=torch.float32)
+    if unet.config.in_channels != 4 or vae.config.latent_channels != 4:
+        raise IncompatibleWeightsError(
+            f"base model `{base_dir}` has UNet in_channels {unet.config.in_channels} and VAE latent channels "
+            f"{vae.config.latent_channels}; expected {SD21_BASE}."
+        )
+    return unet.eval().requires_grad_(False), vae.eval().requires_grad_(False), _read_scheduler(base_dir)
+
+
+def encode_prompt(base_dir: str | Path, prompt: str) -> torch.Tensor:
+    """Run the base model's CLIP text encoder once: prompt -> (1, 77, dim) embedding (for converters)."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    base_dir = Path(base_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(base_dir, subfolder="tokenizer")
+    encoder = CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder").eval()
+    ids = tokenizer(prompt, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        return encoder(ids)[0].float()
+
+
+def _base_description(unet: nn.Module, vae: nn.Module) -> str:
+    cfg = unet.config  # type: ignore[attr-defined]
+    return (
+        f"found UNet in_channels {cfg.in_channels}, cross_attention_dim {cfg.cross_attention_dim}, "
+        f"block_out_channels {list(cfg.block_out_channels)}; VAE latent_channels {vae.config.latent_channels}"  # type: ignore[attr-defined]
+    )
+
+
+class SDOneStep:
+    """A loaded sd-onestep student: plain diffusers modules with the SR LoRA fused in."""
+
+    family = "sd-onestep"
+
+    def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
+        self.meta = student.meta
+        self.placement = placement
+        self.alphas_cumprod = alphas_cumprod
+        modules = {"unet": unet, "vae": vae}
+        prompt = student.prompt_embeds
+        cross_dim = int(unet.config.cross_attention_dim)  # type: ignore[attr-defined]
+        if prompt is None:
+            raise IncompatibleWeightsError("the student file has no `prompt_embeds` tensor; sd-onestep students carry one.")
+        if prompt.dim() != 3 or prompt.shape[-1] != cross_dim:
+            raise IncompatibleWeightsError(
+                f"`prompt_embeds` has shape {tuple(prompt.shape)}, but the base UNet's cross-attention dim is "
+                f"{cross_dim}; expected {SD21_BASE}; {_base_description(unet, vae)}."
+            )
+        for component, module in modules.items():
+            self._apply_overrides(module, student.base_overrides(component), component, unet, vae)  # type: ignore[arg-type]
+        self.ctrl: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        for adapter in student.meta.adapters:
+            pairs = student.lora_pairs(adapter)
+            target = modules[adapter.component]
+            for name, (a, b) in pairs.items():
+                layer = self._layer(target, name, adapter.name, adapter.component, unet, vae)
+                key = f"lora.{adapter.name}.{adapter.component}.{name}"
+                if adapter.phase == "sr":
+                    layer.weight.data = fuse(layer.weight.data, lora_delta(a, b, scale=adapter.scale, key=key), key=key)
+                else:
+                    if adapter.component != "unet":
+                        raise IncompatibleWeightsError(f"ctrl adapter `{adapter.name}` must target the UNet.")
+                    # check the shape now so a bad ctrl LoRA fails at load, not at the first t > 0
+                    fuse(layer.weight.data, lora_delta(a, b, scale=adapter.scale, key=key), key=key)
+                    self.ctrl[f"{name}.weight"] = (a, b, adapter.scale)
+        # nn.Module.to, not diffusers' override: it warns about casting, and fusing was done in fp32 on purpose
+        self.unet = nn.Module.to(unet, device=placement.device, dtype=placement.dtype)
+        self.vae = nn.Module.to(vae, device=placement.device, dtype=placement.vae_dtype)
+        self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
+
+    @staticmethod
+    def _apply_overrides(module: nn.Module, overrides: Mapping[str, torch.Tensor], component: str, unet: nn.Module, vae: nn.Module) -> None:
+        params = dict(module.named_parameters())
+        for name, tensor in overrides.items():
+            if name not in params or params[name].shape != tensor.shape:
+                found = tuple(params[name].shape) if name in params else "no such parameter"
+                raise IncompatibleWeightsError(
+                    f"`base.{component}.{name}` of shape {tuple(tensor.shape)} does not fit the base model "
+                    f"({found}); expected {SD21_BASE}; {_base_description(unet, vae)}."
+                )
+            params[name].data = tensor.to(params[name].dtype).clone()
+
+    @staticmethod
+    def _layer(module: nn.Module, name: str, adapter: str, component: str, unet: nn.Module, vae: nn.Module) -> nn.Module:
+        try:
+            layer = module.get_submodule(name)
+        except AttributeError:
+            layer = None
+        if not isinstance(layer, (nn.Linear, nn.Conv2d)):
+            kind = "no such module" if layer is None else type(layer).__name__
+            raise IncompatibleWeightsError(
+                f"LoRA `lora.{adapter}.{component}.{name}` does not fit the base model ({kind}; LoRA targets "
+                f"Linear or Conv2d layers). Expected {SD21_BASE}; {_base_description(unet, vae)}."
+            )
+        return layer
+
+    @property
+    def has_ctrl(self) -> bool:
+        return bool(self.ctrl)
+
+    # -- the three stages, each a separate call so tiling can wrap them ----------------------
+
+    def encode(self, image: torch.Tensor, *, generator: torch.Generator | None = None, mode: str = "mean") -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1], H and W multiples of 8 -> scaled latents (N, 4, H/8, W/8)."""
+        posterior = self.vae.encode(image.to(self.placement.device, self.placement.vae_dtype)).latent_dist
+        latents = posterior.sample(generator=generator) if mode == "sample" else posterior.mean
+        return latents * VAE_SCALING
+
+    def denoise(self, latents: torch.Tensor) -> torch.Tensor:
+        """One UNet call at the student's timestep; returns z0 (float32) in closed form."""
+        timestep = self.meta.timestep
+        eps = self._unet(latents, timestep)
+        return predict_x0(latents, eps, self.alphas_cumprod, timestep)
+
+    def velocity(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
+        """eps of the UNet with the ctrl LoRA on top of the fused stage-1 weights (float32)."""
+        from torch.func import functional_call
+
+        params = dict(self.unet.named_parameters())
+        overrides = {
+            name: fuse(params[name], lora_delta(a, b, scale=scale).to(params[name].device), key=name)
+            for name, (a, b, scale) in self.ctrl.items()
+        }
+        batch = latents.shape[0]
+        return functional_call(
+            self.unet,
+            overrides,
+            (latents.to(self.placement.dtype), torch.full((batch,), timestep, device=latents.device, dtype=torch.long)),
+            {"encoder_hidden_states": self.prompt_embeds.expand(batch, -1, -1)},
+            strict=False,
+        ).sample.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> image in [-1, 1] (float32, clamped)."""
+        image = self.vae.decode(latents.to(self.placement.vae_dtype) / VAE_SCALING).sample
+        return image.float().clamp(-1.0, 1.0)
+
+    def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
+        batch = latents.shape[0]
+        timesteps = torch.full((batch,), timestep, device=latents.device, dtype=torch.long)
+        out = self.unet(latents.to(self.placement.dtype), timesteps, encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1))
+        return out.sample.float()
+
+    @contextmanager
+    def in_fp32(self) -> Iterator[None]:
+        """Run in float32 for the duration (the NaN retry), then go back to the loaded dtypes."""
+        saved = self.placement
+        nn.Module.to(self.unet, torch.float32)
+        nn.Module.to(self.vae, torch.float32)
+        self.prompt_embeds = self.prompt_embeds.float()
+        self.placement = Placement(saved.device, torch.float32, torch.float32)
+        try:
+            yield
+        finally:
+            self.placement = saved
+            nn.Module.to(self.unet, saved.dtype)
+            nn.Module.to(self.vae, saved.vae_dtype)
+            self.prompt_embeds = self.prompt_embeds.to(saved.dtype)

@@ -1,0 +1,381 @@
+"""``Upscaler``: one loaded student, called many times. ``upscale(image, t)`` as numbered steps.
+
+1. Check inputs (t, scale, options).                    5. Denoise: one UNet call, z0 in closed form;
+2. Image in: orientation, alpha, depth, ICC kept aside.     knob phase 2 when t > 0.
+3. Bicubic pre-upsample to round(H*s) x round(W*s).    6. Decode, crop the padding, clamp.
+4. Reflect-pad to a multiple of 8; encode.             7. Colour fix on the whole image; alpha back.
+
+A NaN or Inf in the latents or the image triggers one retry in float32 (with a warning), then a
+:class:`NumericalError`: never a silently black image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .checkpoints import StudentFile, load_student
+from .colorfix import ColorFix, check_color_fix, color_fix
+from .device import Placement, resolve
+from .errors import IncompatibleWeightsError, InvalidInputError, KnobError, NumericalError
+from .image import ImageData, fill_transparent, read_image, resize_bicubic, resize_lanczos, to_numpy, to_pil
+from .knob import Knob, normalize_t
+from .progress import ProgressCallback, emit
+
+__all__ = ["Upscaler", "load", "target_size"]
+
+logger = logging.getLogger(__name__)
+EncodeMode = Literal["mean", "sample"]
+
+
+class _NonFinite(Exception):
+    """Internal: a stage produced NaN/Inf."""
+
+
+def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """Output size for a scale: round(H * s) x round(W * s), halves rounded up, at least 1."""
+    return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def _check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise _NonFinite(what)
+
+
+@dataclass(frozen=True)
+class _Options:
+    scale: float
+    color_fix: ColorFix
+    knob_steps: int
+    seed: int | None
+    encode: EncodeMode
+
+
+class Upscaler:
+    """A loaded one-step SR student. Load once, call many times.
+
+    Example:
+        >>> up = ctsr_infer.load("osediff")            # doctest: +SKIP
+        >>> up.upscale("photo.jpg", scale=4).save("out.png")  # doctest: +SKIP
+    """
+
+    def __init__(self, model: Any, *, name: str) -> None:
+        self.model = model
+        self.name = name
+        self.meta = model.meta
+        if self.knob.kind == "ctsr-flow" and not getattr(model, "has_ctrl", False):
+            raise KnobError(f"{name} declares the ctsr-flow knob but its file has no `ctrl` adapter.")
+
+    @property
+    def knob(self) -> Knob:
+        return self.meta.knob
+
+    @property
+    def default_scale(self) -> float:
+        return float(self.meta.scale)
+
+    @property
+    def placement(self) -> Placement:
+        return self.model.placement
+
+    def __repr__(self) -> str:
+        return f"Upscaler({self.name!r}, family={self.meta.family!r}, knob={self.knob.kind!r}, device={self.placement.device})"
+
+    # -- public entry points -------------------------------------------------------------------
+
+    @overload
+    def upscale(self, image: np.ndarray, *, t: float | None = ..., scale: float | None = ..., color_fix: str | None = ..., knob_steps: int | None = ..., seed: int | None = ..., encode: EncodeMode | None = ..., on_progress: ProgressCallback | None = ...) -> np.ndarray: ...
+    @overload
+    def upscale(self, image: Image.Image | str | os.PathLike[str], *, t: float | None = ..., scale: float | None = ..., color_fix: str | None = ..., knob_steps: int | None = ..., seed: int | None = ..., encode: EncodeMode | None = ..., on_progress: ProgressCallback | None = ...) -> Image.Image: ...
+
+    def upscale(
+        self,
+        image: Image.Image | np.ndarray | str | os.PathLike[str],
+        *,
+        t: float | None = None,
+        scale: float | None = None,
+        color_fix: str | None = None,
+        knob_steps: int | None = None,
+        seed: int | None = None,
+        encode: EncodeMode | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Image.Image | np.ndarray:
+        """Upscale one image.
+
+        Args:
+            image: a path, a PIL image, or a numpy array (H, W[, C]) of uint8, uint16 or float in [0, 1].
+            t: the knob in [0, 1] (0 = realistic detail, 1 = faithful); None uses the model's default.
+                A model without a knob rejects an explicit t.
+            scale: any float >= 1; the output is round(H * scale) x round(W * scale). Default: the model's.
+            color_fix: ``adain``, ``wavelet`` or ``none``. Default: the model's.
+            knob_steps: Euler steps of the ctsr-flow knob (default from the model, usually 1).
+            seed: seeds the VAE posterior sample when ``encode="sample"``.
+            encode: ``mean`` (deterministic) or ``sample`` (OSEDiff's behaviour).
+            on_progress: called with :class:`ProgressEvent` objects.
+
+        Returns:
+            A PIL image for path and PIL inputs (8-bit; 16-bit grayscale as ``I;16``), a numpy array of
+            the input's dtype and layout for numpy inputs. Use :meth:`process` + ``write_image`` to keep
+            16-bit RGB.
+        """
+        if t is not None and not isinstance(t, (int, float)):
+            raise InvalidInputError(f"`t` for `upscale` must be one number; for several use `sweep`. Got {t!r}.")
+        data = read_image(image)
+        (out,) = self.process(data, t=t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode, on_progress=on_progress)
+        return to_numpy(out) if data.source == "numpy" else to_pil(out)
+
+    __call__ = upscale
+
+    def sweep(
+        self,
+        image: Image.Image | np.ndarray | str | os.PathLike[str],
+        ts: Sequence[float],
+        *,
+        scale: float | None = None,
+        color_fix: str | None = None,
+        knob_steps: int | None = None,
+        seed: int | None = None,
+        encode: EncodeMode | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[Image.Image | np.ndarray]:
+        """Upscale one image at several t values; the SR step runs once (one-step knob: one velocity)."""
+        data = read_image(image)
+        outs = self.process(data, t=list(ts), scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode, on_progress=on_progress)
+        return [to_numpy(o) if data.source == "numpy" else to_pil(o) for o in outs]
+
+    def upscale_tensor(
+        self,
+        x: torch.Tensor,
+        *,
+        t: float | Sequence[float] | None = None,
+        scale: float | None = None,
+        color_fix: str | None = None,
+        knob_steps: int | None = None,
+        seed: int | None = None,
+        encode: EncodeMode | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[torch.Tensor]:
+        """Tensor path for apps: (N, 3, H, W) float in [0, 1] -> one (N, 3, H', W') float32 CPU tensor
+        in [0, 1] per t value. The pre-upsample uses the same bicubic kernel as the image path."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise InvalidInputError(
+                f"`x` must be a float tensor of shape (N, 3, H, W) in [0, 1], got "
+                f"{getattr(x, 'shape', type(x).__name__)} {getattr(x, 'dtype', '')}."
+            )
+        if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise InvalidInputError("`x` must hold finite values in [0, 1].")
+        ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
+        size = target_size(x.shape[-2], x.shape[-1], options.scale)
+        frames = x.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+        upsampled = torch.stack(
+            [torch.from_numpy(resize_bicubic(frame, size, bit_depth=32)).permute(2, 0, 1) for frame in frames]
+        )
+        return self._network_with_retry(upsampled, ts, options, on_progress)
+
+    def process(
+        self,
+        data: ImageData,
+        *,
+        t: float | Sequence[float] | None = None,
+        scale: float | None = None,
+        color_fix: str | None = None,
+        knob_steps: int | None = None,
+        seed: int | None = None,
+        encode: EncodeMode | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> list[ImageData]:
+        """Low-level: an :class:`ImageData` in, one :class:`ImageData` per t out (bit depth kept)."""
+        # 1. check inputs
+        ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
+        # 2.-3. image in, bicubic pre-upsample to the exact target size
+        emit(on_progress, "preprocess", 0, 1)
+        size = target_size(*data.size, options.scale)
+        pixels = data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha)
+        upsampled = torch.from_numpy(resize_bicubic(pixels, size, bit_depth=data.bit_depth)).permute(2, 0, 1)[None]
+        alpha = None if data.alpha is None else resize_lanczos(data.alpha, size)
+        emit(on_progress, "preprocess", 1, 1)
+        # 4.-7. network, colour fix
+        outputs = self._network_with_retry(upsampled, ts, options, on_progress)
+        return [
+            replace(data, pixels=out[0].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha)
+            for out in outputs
+        ]
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def check_options(self, t: Any = None, *, scale: float | None = None, color_fix: str | None = None, knob_steps: int | None = None, seed: int | None = None, encode: str | None = None) -> tuple[list[float] | None, _Options]:
+        """Validate t and options without running anything; returns the t list and resolved options."""
+        ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
+        scale = self.default_scale if scale is None else scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
+            raise InvalidInputError(f"`scale` must be a number >= 1 (e.g. 2, 2.5, 4), got {scale!r}.")
+        steps = self.knob.steps if knob_steps is None else knob_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InvalidInputError(f"`knob_steps` must be an integer >= 1, got {steps!r}.")
+        mode = encode or self.meta.encode
+        if mode not in ("mean", "sample"):
+            raise InvalidInputError(f"`encode` must be 'mean' or 'sample', got {mode!r}.")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise InvalidInputError(f"`seed` must be an integer, got {seed!r}.")
+        fix = check_color_fix(self.meta.color_fix if color_fix is None else color_fix)
+        return ts, _Options(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode)  # type: ignore[arg-type]
+
+    def _network_with_retry(self, upsampled: torch.Tensor, ts: list[float] | None, options: _Options, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+        try:
+            return self._network(upsampled, ts, options, on_progress)
+        except _NonFinite as first:
+            if self.placement.dtype == torch.float32 and self.placement.vae_dtype == torch.float32:
+                raise NumericalError(
+                    f"{first} contains NaN or Inf in float32; the input or the weights are broken "
+                    f"(model `{self.name}`)."
+                ) from None
+            logger.warning("%s contains NaN or Inf in %s; retrying this image in float32", first, self.placement.dtype)
+            with self.model.in_fp32():
+                try:
+                    return self._network(upsampled, ts, options, on_progress)
+                except _NonFinite as second:
+                    raise NumericalError(
+                        f"{second} contains NaN or Inf even in float32 (model `{self.name}`)."
+                    ) from None
+
+    @torch.inference_mode()
+    def _network(self, upsampled: torch.Tensor, ts: list[float] | None, options: _Options, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+        model = self.model
+        device = self.placement.device
+        height, width = upsampled.shape[-2:]
+        # 4. pad and encode
+        padded = _pad_to_multiple(upsampled, 8) * 2.0 - 1.0
+        generator = None
+        if options.encode == "sample":
+            generator = torch.Generator(device=device)
+            generator.manual_seed(options.seed if options.seed is not None else int(torch.seed() % (2**63)))
+        emit(on_progress, "encode", 0, 1)
+        latents = model.encode(padded.to(device), generator=generator, mode=options.encode)
+        _check_finite(latents, "the encoded latent")
+        emit(on_progress, "encode", 1, 1)
+        # 5. denoise, then the knob
+        emit(on_progress, "denoise", 0, 1)
+        z0 = model.denoise(latents)
+        _check_finite(z0, "the denoised latent")
+        emit(on_progress, "denoise", 1, 1)
+        finals = self._apply_knob(z0, ts, options.knob_steps, on_progress)
+        # 6.-7. decode, crop, colour fix
+        outputs: list[torch.Tensor] = []
+        reference = upsampled.float()
+        for index, z in enumerate(finals):
+            emit(on_progress, "decode", index, len(finals))
+            image = model.decode(z)
+            _check_finite(image, "the decoded image")
+            image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+            outputs.append(color_fix(image, reference, options.color_fix))
+        emit(on_progress, "decode", len(finals), len(finals))
+        return outputs
+
+    def _apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+        """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1)."""
+        if ts is None:
+            return [z0]
+        if self.knob.kind != "ctsr-flow":
+            raise IncompatibleWeightsError(f"family {self.meta.family} does not implement knob kind {self.knob.kind!r}.")
+        model, knob = self.model, self.knob
+        positive = [t for t in ts if t > 0]
+        calls = (1 if positive else 0) if steps == 1 else steps * len(positive)
+        done = 0
+        emit(on_progress, "knob", 0, calls)
+        velocity = None
+        if steps == 1 and positive:
+            velocity = model.velocity(z0, knob.tau(0.0))
+            _check_finite(velocity, "the knob velocity")
+            done = 1
+            emit(on_progress, "knob", done, calls)
+        finals: list[torch.Tensor] = []
+        for t in ts:
+            if t == 0:
+                finals.append(z0)
+            elif velocity is not None:
+                finals.append(z0 + t * velocity)
+            else:
+                z, dt = z0, t / steps
+                for k in range(steps):
+                    v = model.velocity(z, knob.tau(k * dt))
+                    _check_finite(v, "the knob velocity")
+                    z = z + dt * v
+                    done += 1
+                    emit(on_progress, "knob", done, calls)
+                finals.append(z)
+        return finals
+
+
+def load(
+    model: str | os.PathLike[str] | None = None,
+    *,
+    base: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+) -> Upscaler:
+    """Load a student by manifest id or student-file path.
+
+    Args:
+        model: a model id from ``list_models()`` (default: the manifest's default), or the path of a
+            student file (``.safetensors``).
+        base: a local diffusers folder for the base model, overriding the file's/manifest's reference.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    """
+    from .hub import ensure_student, resolve_base
+    from .manifest import BaseSpec, load_manifest
+
+    placement = resolve(device, dtype)
+    manifest = load_manifest()
+    model = manifest.default if model is None else model
+    base_dir: Path | None = Path(base) if base is not None else None
+    as_path = Path(model)
+    if as_path.suffix.lower() in (".pkl", ".pth", ".pt", ".ckpt"):
+        raise InvalidInputError(
+            f"`model` {str(model)!r} is a pickled checkpoint; convert it once with "
+            f"`ctsr models convert {model} OUT.safetensors` and load the result."
+        )
+    if as_path.suffix.lower() == ".safetensors" or as_path.is_file():
+        student_path, name = as_path, as_path.name
+    else:
+        spec = manifest.get(str(model))
+        student_path, base_dir = ensure_student(spec, base_dir=base_dir)
+        name = spec.id
+    student = load_student(student_path)
+    if student.meta.family != "sd-onestep":
+        raise IncompatibleWeightsError(f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep students.")
+    if base_dir is None:
+        reference = dict(student.meta.base)
+        if "path" in reference:
+            base_dir = Path(reference["path"])
+        elif "repo_id" in reference:
+            base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)))
+        else:
+            raise IncompatibleWeightsError(f"`{name}` names no base model; pass `base=` a diffusers folder.")
+    return Upscaler(_build(student, base_dir, placement), name=name)
+
+
+def _build(student: StudentFile, base_dir: Path, placement: Placement) -> Any:
+    from .families.sd_onestep import SDOneStep, load_base
+
+    unet, vae, alphas_cumprod = load_base(base_dir)
+    return SDOneStep(student, unet, vae, alphas_cumprod, placement)

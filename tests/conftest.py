@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny import prompt_embeds, write_base, write_osediff_pkl
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Offline, a private cache, seeded RNGs, and no sockets: tests never touch the network."""
+    monkeypatch.setenv("CTSR_HOME", str(tmp_path / "ctsr-home"))
+    monkeypatch.setenv("CTSR_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tests must not open network connections")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_base(tmp_path_factory.mktemp("tiny-sd"))
+
+
+@pytest.fixture(scope="session")
+def osediff(tmp_path_factory: pytest.TempPathFactory):
+    """(osediff.pkl path, the peft UNet and VAE it was saved from)."""
+    return write_osediff_pkl(tmp_path_factory.mktemp("osediff") / "osediff.pkl")
+
+
+@pytest.fixture(scope="session")
+def osediff_pkl(osediff) -> Path:
+    return osediff[0]
+
+
+@pytest.fixture(scope="session")
+def student_path(tmp_path_factory: pytest.TempPathFactory, osediff_pkl: Path, base_dir: Path) -> Path:
+    from ctsr_infer.checkpoints import convert_osediff, save_student
+
+    student = convert_osediff(osediff_pkl, prompt_embeds=prompt_embeds(), base={"path": str(base_dir)})
+    return save_student(student, tmp_path_factory.mktemp("students") / "osediff.safetensors")
+
+
+@pytest.fixture(scope="session")
+def upscaler(student_path: Path):
+    import ctsr_infer
+
+    return ctsr_infer.load(student_path, device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def ctsr_student_path(tmp_path_factory: pytest.TempPathFactory, student_path: Path) -> Path:
+    """The OSEDiff student plus a random rank-2 ctrl LoRA: a ctsr-flow student."""
+    from tiny import add_ctrl_adapter
+
+    return add_ctrl_adapter(student_path, tmp_path_factory.mktemp("ctsr") / "ctsr.safetensors")
+
+
+@pytest.fixture(scope="session")
+def ctsr_upscaler(ctsr_student_path: Path):
+    import ctsr_infer
+
+    return ctsr_infer.load(ctsr_student_path, device="cpu", dtype="fp32")

@@ -1,0 +1,146 @@
+"""Tiny random SD-architecture models and checkpoints in the public formats, built by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CROSS_DIM = 32
+PATTERNS_UNET = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut", "conv_out",
+                 "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]
+PATTERNS_VAE = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]
+
+
+def tiny_unet(seed: int = 0, *, attention: bool = True):
+    """SD 2.1's UNet layout at toy width. Without attention (for large images: self-attention over a
+    whole large latent is what the tiling issue handles) it keeps only the conv blocks."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    down = ("CrossAttnDownBlock2D", "DownBlock2D") if attention else ("DownBlock2D", "DownBlock2D")
+    up = ("UpBlock2D", "CrossAttnUpBlock2D") if attention else ("UpBlock2D", "UpBlock2D")
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
+        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn" if attention else None,
+        cross_attention_dim=CROSS_DIM, attention_head_dim=8, norm_num_groups=8,
+    ).eval()
+
+
+def tiny_vae(seed: int = 1, *, attention: bool = True):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(8, 8, 16, 16), sample_size=32, mid_block_add_attention=attention,
+    ).eval()
+
+
+def write_base(folder: Path, *, attention: bool = True) -> Path:
+    """A tiny base model in diffusers layout (unet/, vae/, scheduler/)."""
+    from diffusers import DDPMScheduler
+
+    tiny_unet(attention=attention).save_pretrained(folder / "unet")
+    tiny_vae(attention=attention).save_pretrained(folder / "vae")
+    DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                  prediction_type="epsilon", clip_sample=False, steps_offset=1).save_pretrained(folder / "scheduler")
+    return folder
+
+
+def osediff_targets(model: torch.nn.Module, patterns: list[str], *, vae: bool) -> dict[str, list[str]]:
+    """Module lists as OSEDiff's initialize_unet / initialize_vae build them."""
+    groups: dict[str, list[str]] = {"encoder": [], "decoder": [], "others": []}
+    for name, _ in model.named_parameters():
+        if "bias" in name or "norm" in name:
+            continue
+        module = name.replace(".weight", "")
+        if vae:
+            if "encoder" in name and any(p in name for p in patterns):
+                groups["encoder"].append(module)
+            continue
+        if not any(p in name for p in patterns):
+            continue
+        if "down_blocks" in name or "conv_in" in name:
+            groups["encoder"].append(module)
+        elif "up_blocks" in name or "conv_out" in name:
+            groups["decoder"].append(module)
+        else:
+            groups["others"].append(module)
+    return groups
+
+
+def peft_osediff_models(rank: int = 4, seed: int = 2):
+    """Tiny UNet and VAE with OSEDiff's peft adapters, random LoRA weights and a changed conv_in."""
+    from peft import LoraConfig
+
+    unet, vae = tiny_unet(), tiny_vae()
+    u = osediff_targets(unet, PATTERNS_UNET, vae=False)
+    v = osediff_targets(vae, PATTERNS_VAE, vae=True)
+    for group in ("encoder", "decoder", "others"):
+        unet.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=u[group]), adapter_name=f"default_{group}")
+    vae.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=v["encoder"]), adapter_name="default_encoder")
+    generator = torch.Generator().manual_seed(seed)
+    for model in (unet, vae):
+        for name, param in model.named_parameters():
+            # OSEDiff trains every LoRA and, in the UNet only, conv_in in full
+            if "lora_B" in name or (model is unet and "conv_in" in name):
+                param.data = torch.randn(param.shape, generator=generator) * 0.05
+    unet.set_adapter(["default_encoder", "default_decoder", "default_others"])
+    vae.set_adapter(["default_encoder"])
+    return unet, vae, u, v
+
+
+def write_osediff_pkl(path: Path, rank: int = 4) -> tuple[Path, torch.nn.Module, torch.nn.Module]:
+    """Write an osediff.pkl exactly as OSEDiff_gen.save_model does (a torch.save'd dict)."""
+    unet, vae, u, v = peft_osediff_models(rank)
+    checkpoint = {
+        "unet_lora_encoder_modules": u["encoder"], "unet_lora_decoder_modules": u["decoder"],
+        "unet_lora_others_modules": u["others"], "rank_unet": rank,
+        "state_dict_unet": {k: p for k, p in unet.state_dict().items() if "lora" in k or "conv_in" in k},
+        "vae_lora_encoder_modules": v["encoder"], "rank_vae": rank,
+        "state_dict_vae": {k: p for k, p in vae.state_dict().items() if "lora" in k},
+    }
+    torch.save(checkpoint, path)
+    return path, unet, vae
+
+
+def prompt_embeds(seed: int = 3) -> torch.Tensor:
+    return torch.randn(1, 77, CROSS_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+CTRL_MODULES = (
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k",
+    "down_blocks.1.resnets.0.conv1",
+    "mid_block.resnets.0.conv2",
+    "up_blocks.1.attentions.0.proj_out",
+    "conv_out",
+)
+
+
+def add_ctrl_adapter(student_path: Path, target: Path, *, rank: int = 2, alpha: float = 2.0, seed: int = 5) -> Path:
+    """Write a ctsr-flow student: the given student plus a ctrl LoRA on a few UNet layers."""
+    from dataclasses import replace
+
+    from ctsr_infer.checkpoints import Adapter, load_student, save_student
+    from ctsr_infer.knob import Knob
+
+    student = load_student(student_path)
+    unet = tiny_unet()
+    generator = torch.Generator().manual_seed(seed)
+    tensors = dict(student.tensors)
+    for name in CTRL_MODULES:
+        weight = unet.get_submodule(name).weight
+        a_shape = (rank, weight.shape[1], *weight.shape[2:])
+        b_shape = (weight.shape[0], rank, *((1, 1) if weight.dim() == 4 else ()))
+        tensors[f"lora.ctrl.unet.{name}.A"] = torch.randn(a_shape, generator=generator) * 0.2
+        tensors[f"lora.ctrl.unet.{name}.B"] = torch.randn(b_shape, generator=generator) * 0.2
+    meta = replace(
+        student.meta,
+        adapters=(*student.meta.adapters, Adapter(name="ctrl", component="unet", rank=rank, alpha=alpha, phase="ctrl")),
+        knob=Knob(kind="ctsr-flow", default_t=0.5, tau_start=0, tau_end=999, steps=1),
+    )
+    student.meta, student.tensors = meta, tensors
+    return save_student(student, target)
