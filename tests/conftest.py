@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny import prompt_embeds, write_base, write_osediff_pkl
+from tiny import prompt_embeds, write_base, write_osediff_pkl, write_text_encoder
 
 
 @pytest.fixture(autouse=True)
@@ -31,7 +31,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_base(tmp_path_factory.mktemp("tiny-sd"))
+    return write_text_encoder(write_base(tmp_path_factory.mktemp("tiny-sd")))
 
 
 @pytest.fixture(scope="session")

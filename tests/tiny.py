@@ -144,3 +144,25 @@ def add_ctrl_adapter(student_path: Path, target: Path, *, rank: int = 2, alpha: 
     )
     student.meta, student.tensors = meta, tensors
     return save_student(student, target)
+
+
+def write_text_encoder(folder: Path) -> Path:
+    """A tiny CLIP tokenizer (byte-level, no merges) and text encoder in diffusers layout."""
+    import json
+
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    # GPT-2's byte -> printable-character table, which CLIP's byte-level BPE uses
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(b for b in range(256) if b not in printable)}
+    characters = [table[b] for b in range(256)]
+    vocab = {token: index for index, token in enumerate([*characters, *(c + "</w>" for c in characters), "<|startoftext|>", "<|endoftext|>"])}
+    tokenizer_dir = folder / "tokenizer"
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(tokenizer_dir)
+    (tokenizer_dir / "vocab.json").write_text(json.dumps(vocab))
+    torch.manual_seed(4)
+    config = CLIPTextConfig(vocab_size=len(vocab), hidden_size=CROSS_DIM, intermediate_size=37, num_hidden_layers=1,
+                            num_attention_heads=4, max_position_embeddings=77)
+    CLIPTextModel(config).eval().save_pretrained(folder / "text_encoder")
+    return folder
