@@ -10,7 +10,7 @@ import torch
 
 from .errors import DeviceError, InvalidInputError
 
-__all__ = ["DeviceName", "DtypeName", "Placement", "resolve"]
+__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "NonFinite", "check_finite"]
 
 logger = logging.getLogger(__name__)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
@@ -75,3 +75,13 @@ def resolve(device: str = "auto", dtype: str = "auto") -> Placement:
         placement = Placement(torch_device, chosen, chosen)
     logger.info("device %s, network dtype %s, VAE dtype %s", placement.device, placement.dtype, placement.vae_dtype)
     return placement
+
+
+class NonFinite(Exception):
+    """Internal signal: a stage produced NaN/Inf (the pipeline retries in fp32, then raises
+    :class:`~ctsr_infer.errors.NumericalError`)."""
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(tensor).all():
+        raise NonFinite(what)

@@ -15,20 +15,20 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoints import StudentFile, load_student
-from .colorfix import ColorFix, check_color_fix, color_fix
-from .device import Placement, resolve
-from .errors import IncompatibleWeightsError, InvalidInputError, KnobError, NumericalError
-from .image import ImageData, fill_transparent, read_image, resize_bicubic, resize_lanczos, to_numpy, to_pil
+from .colorfix import check_color_fix
+from .device import NonFinite, Placement, resolve
+from .errors import IncompatibleWeightsError, InvalidInputError, NumericalError
+from .families.base import RunOptions
+from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_numpy, to_pil
 from .knob import Knob, normalize_t
 from .progress import ProgressCallback, emit
 
@@ -38,36 +38,9 @@ logger = logging.getLogger(__name__)
 EncodeMode = Literal["mean", "sample"]
 
 
-class _NonFinite(Exception):
-    """Internal: a stage produced NaN/Inf."""
-
-
 def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Output size for a scale: round(H * s) x round(W * s), halves rounded up, at least 1."""
     return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
-
-
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
-
-
-def _check_finite(tensor: torch.Tensor, what: str) -> None:
-    if not torch.isfinite(tensor).all():
-        raise _NonFinite(what)
-
-
-@dataclass(frozen=True)
-class _Options:
-    scale: float
-    color_fix: ColorFix
-    knob_steps: int
-    seed: int | None
-    encode: EncodeMode
 
 
 class Upscaler:
@@ -82,8 +55,6 @@ class Upscaler:
         self.model = model
         self.name = name
         self.meta = model.meta
-        if self.knob.kind == "ctsr-flow" and not getattr(model, "has_ctrl", False):
-            raise KnobError(f"{name} declares the ctsr-flow knob but its file has no `ctrl` adapter.")
 
     @property
     def knob(self) -> Knob:
@@ -185,11 +156,8 @@ class Upscaler:
             raise InvalidInputError("`x` must hold finite values in [0, 1].")
         ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
         size = target_size(x.shape[-2], x.shape[-1], options.scale)
-        frames = x.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-        upsampled = torch.stack(
-            [torch.from_numpy(resize_bicubic(frame, size, bit_depth=32)).permute(2, 0, 1) for frame in frames]
-        )
-        return self._network_with_retry(upsampled, ts, options, on_progress)
+        frames = [self._forward_with_retry(frame[None].detach().float().cpu(), size, ts, options, on_progress) for frame in x]
+        return [torch.cat(per_t) for per_t in zip(*frames)]
 
     def process(
         self,
@@ -206,15 +174,16 @@ class Upscaler:
         """Low-level: an :class:`ImageData` in, one :class:`ImageData` per t out (bit depth kept)."""
         # 1. check inputs
         ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
-        # 2.-3. image in, bicubic pre-upsample to the exact target size
+        options = replace(options, bit_depth=data.bit_depth)
+        # 2. image in: transparent colour filled, alpha upscaled on its own
         emit(on_progress, "preprocess", 0, 1)
         size = target_size(*data.size, options.scale)
         pixels = data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha)
-        upsampled = torch.from_numpy(resize_bicubic(pixels, size, bit_depth=data.bit_depth)).permute(2, 0, 1)[None]
         alpha = None if data.alpha is None else resize_lanczos(data.alpha, size)
         emit(on_progress, "preprocess", 1, 1)
-        # 4.-7. network, colour fix
-        outputs = self._network_with_retry(upsampled, ts, options, on_progress)
+        # 3.-7. the family's network path (pre-upsample, encode, UNet, knob, decode, colour fix)
+        lr = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
+        outputs = self._forward_with_retry(lr, size, ts, options, on_progress)
         return [
             replace(data, pixels=out[0].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha)
             for out in outputs
@@ -222,7 +191,7 @@ class Upscaler:
 
     # -- internals -----------------------------------------------------------------------------
 
-    def check_options(self, t: Any = None, *, scale: float | None = None, color_fix: str | None = None, knob_steps: int | None = None, seed: int | None = None, encode: str | None = None) -> tuple[list[float] | None, _Options]:
+    def check_options(self, t: Any = None, *, scale: float | None = None, color_fix: str | None = None, knob_steps: int | None = None, seed: int | None = None, encode: str | None = None) -> tuple[list[float] | None, RunOptions]:
         """Validate t and options without running anything; returns the t list and resolved options."""
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
         scale = self.default_scale if scale is None else scale
@@ -237,12 +206,12 @@ class Upscaler:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InvalidInputError(f"`seed` must be an integer, got {seed!r}.")
         fix = check_color_fix(self.meta.color_fix if color_fix is None else color_fix)
-        return ts, _Options(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode)  # type: ignore[arg-type]
+        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode)  # type: ignore[arg-type]
 
-    def _network_with_retry(self, upsampled: torch.Tensor, ts: list[float] | None, options: _Options, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+    def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         try:
-            return self._network(upsampled, ts, options, on_progress)
-        except _NonFinite as first:
+            return self.model.forward(lr, size=size, ts=ts, options=options, on_progress=on_progress)
+        except NonFinite as first:
             if self.placement.dtype == torch.float32 and self.placement.vae_dtype == torch.float32:
                 raise NumericalError(
                     f"{first} contains NaN or Inf in float32; the input or the weights are broken "
@@ -251,78 +220,11 @@ class Upscaler:
             logger.warning("%s contains NaN or Inf in %s; retrying this image in float32", first, self.placement.dtype)
             with self.model.in_fp32():
                 try:
-                    return self._network(upsampled, ts, options, on_progress)
-                except _NonFinite as second:
+                    return self.model.forward(lr, size=size, ts=ts, options=options, on_progress=on_progress)
+                except NonFinite as second:
                     raise NumericalError(
                         f"{second} contains NaN or Inf even in float32 (model `{self.name}`)."
                     ) from None
-
-    @torch.inference_mode()
-    def _network(self, upsampled: torch.Tensor, ts: list[float] | None, options: _Options, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
-        model = self.model
-        device = self.placement.device
-        height, width = upsampled.shape[-2:]
-        # 4. pad and encode
-        padded = _pad_to_multiple(upsampled, 8) * 2.0 - 1.0
-        generator = None
-        if options.encode == "sample":
-            generator = torch.Generator(device=device)
-            generator.manual_seed(options.seed if options.seed is not None else int(torch.seed() % (2**63)))
-        emit(on_progress, "encode", 0, 1)
-        latents = model.encode(padded.to(device), generator=generator, mode=options.encode)
-        _check_finite(latents, "the encoded latent")
-        emit(on_progress, "encode", 1, 1)
-        # 5. denoise, then the knob
-        emit(on_progress, "denoise", 0, 1)
-        z0 = model.denoise(latents)
-        _check_finite(z0, "the denoised latent")
-        emit(on_progress, "denoise", 1, 1)
-        finals = self._apply_knob(z0, ts, options.knob_steps, on_progress)
-        # 6.-7. decode, crop, colour fix
-        outputs: list[torch.Tensor] = []
-        reference = upsampled.float()
-        for index, z in enumerate(finals):
-            emit(on_progress, "decode", index, len(finals))
-            image = model.decode(z)
-            _check_finite(image, "the decoded image")
-            image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
-            outputs.append(color_fix(image, reference, options.color_fix))
-        emit(on_progress, "decode", len(finals), len(finals))
-        return outputs
-
-    def _apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
-        """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1)."""
-        if ts is None:
-            return [z0]
-        if self.knob.kind != "ctsr-flow":
-            raise IncompatibleWeightsError(f"family {self.meta.family} does not implement knob kind {self.knob.kind!r}.")
-        model, knob = self.model, self.knob
-        positive = [t for t in ts if t > 0]
-        calls = (1 if positive else 0) if steps == 1 else steps * len(positive)
-        done = 0
-        emit(on_progress, "knob", 0, calls)
-        velocity = None
-        if steps == 1 and positive:
-            velocity = model.velocity(z0, knob.tau(0.0))
-            _check_finite(velocity, "the knob velocity")
-            done = 1
-            emit(on_progress, "knob", done, calls)
-        finals: list[torch.Tensor] = []
-        for t in ts:
-            if t == 0:
-                finals.append(z0)
-            elif velocity is not None:
-                finals.append(z0 + t * velocity)
-            else:
-                z, dt = z0, t / steps
-                for k in range(steps):
-                    v = model.velocity(z, knob.tau(k * dt))
-                    _check_finite(v, "the knob velocity")
-                    z = z + dt * v
-                    done += 1
-                    emit(on_progress, "knob", done, calls)
-                finals.append(z)
-        return finals
 
 
 def load(

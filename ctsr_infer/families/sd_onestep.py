@@ -25,12 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoints import StudentFile
-from ..device import Placement
-from ..errors import IncompatibleWeightsError, WeightsNotFoundError
-from ..lora import fuse, lora_delta
+import torch.nn.functional as F
 
-__all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt"]
+from ..checkpoints import StudentFile
+from ..colorfix import color_fix
+from ..device import Placement, check_finite
+from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError
+from ..image import resize_bicubic
+from ..lora import fuse, lora_delta
+from ..progress import ProgressCallback, emit
+from .base import RunOptions
+
+__all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt", "pad_to_multiple"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +110,16 @@ def encode_prompt(base_dir: str | Path, prompt: str) -> torch.Tensor:
         return encoder(ids)[0].float()
 
 
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple: reflect, or replicate when the image is smaller than the pad."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
 def _base_description(unet: nn.Module, vae: nn.Module) -> str:
     cfg = unet.config  # type: ignore[attr-defined]
     return (
@@ -120,6 +136,8 @@ class SDOneStep:
     def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
         self.meta = student.meta
         self.placement = placement
+        if self.meta.knob.kind not in ("none", "ctsr-flow"):
+            raise KnobError(f"sd-onestep students support knob kinds `none` and `ctsr-flow`, not {self.meta.knob.kind!r}.")
         self.alphas_cumprod = alphas_cumprod
         modules = {"unet": unet, "vae": vae}
         prompt = student.prompt_embeds
@@ -179,9 +197,77 @@ class SDOneStep:
             )
         return layer
 
-    @property
-    def has_ctrl(self) -> bool:
-        return bool(self.ctrl)
+        if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
+            raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
+
+    # -- one call: upsample, pad, encode, denoise, knob, decode, colour fix ------------------------
+
+    @torch.inference_mode()
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """(1, 3, h, w) float in [0, 1] -> one (1, 3, *size) float32 CPU tensor in [0, 1] per t.
+
+        The input is bicubic-upsampled to ``size`` first (OSEDiff's network is 1x); t = None means
+        the plain student output."""
+        pixels = lr[0].permute(1, 2, 0).numpy()
+        upsampled = torch.from_numpy(resize_bicubic(pixels, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
+        height, width = size
+        padded = pad_to_multiple(upsampled, 8) * 2.0 - 1.0
+        device = self.placement.device
+        generator = None
+        if options.encode == "sample":
+            generator = torch.Generator(device=device)
+            generator.manual_seed(options.seed if options.seed is not None else int(torch.seed() % (2**63)))
+        emit(on_progress, "encode", 0, 1)
+        latents = self.encode(padded.to(device), generator=generator, mode=options.encode)
+        check_finite(latents, "the encoded latent")
+        emit(on_progress, "encode", 1, 1)
+        emit(on_progress, "denoise", 0, 1)
+        z0 = self.denoise(latents)
+        check_finite(z0, "the denoised latent")
+        emit(on_progress, "denoise", 1, 1)
+        finals = self.apply_knob(z0, ts, options.knob_steps, on_progress)
+        outputs: list[torch.Tensor] = []
+        for index, z in enumerate(finals):
+            emit(on_progress, "decode", index, len(finals))
+            image = self.decode(z)
+            check_finite(image, "the decoded image")
+            image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+            outputs.append(color_fix(image, upsampled, options.color_fix))
+        emit(on_progress, "decode", len(finals), len(finals))
+        return outputs
+
+    def apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1)."""
+        if ts is None:
+            return [z0]
+        knob = self.meta.knob
+        positive = [t for t in ts if t > 0]
+        calls = (1 if positive else 0) if steps == 1 else steps * len(positive)
+        done = 0
+        emit(on_progress, "knob", 0, calls)
+        velocity = None
+        if steps == 1 and positive:
+            velocity = self.velocity(z0, knob.tau(0.0))
+            check_finite(velocity, "the knob velocity")
+            done = 1
+            emit(on_progress, "knob", done, calls)
+        finals: list[torch.Tensor] = []
+        for t in ts:
+            if t == 0:
+                finals.append(z0)
+            elif velocity is not None:
+                finals.append(z0 + t * velocity)
+            else:
+                z, dt = z0, t / steps
+                for k in range(steps):
+                    v = self.velocity(z, knob.tau(k * dt))
+                    check_finite(v, "the knob velocity")
+                    z = z + dt * v
+                    done += 1
+                    emit(on_progress, "knob", done, calls)
+                finals.append(z)
+        return finals
 
     # -- the three stages, each a separate call so tiling can wrap them ----------------------
 
