@@ -29,7 +29,9 @@ from .errors import (
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step diffusion super-resolution with a fidelity/realness knob.")
 models_app = typer.Typer(no_args_is_help=True, help="List and convert models.")
+train_app = typer.Typer(no_args_is_help=True, help="Training recipes (needs `pip install 'ctsr-infer[train]'`).")
 app.add_typer(models_app, name="models")
+app.add_typer(train_app, name="train")
 out = Console()
 err = Console(stderr=True)
 
@@ -139,6 +141,40 @@ def upscale(
     raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
 
 
+@app.command()
+def sweep(
+    source: Annotated[Path, typer.Argument(help="One image.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Contact sheet to write (PNG).")],
+    t: Annotated[str, typer.Option("--t", help="The t values, comma-separated.")] = "0,0.25,0.5,0.75,1",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model id or student file.")] = None,
+    base: Annotated[Optional[Path], typer.Option("--base", help="Local diffusers folder of the base model.")] = None,
+    scale: Annotated[Optional[float], typer.Option("--scale", "-s", help="Upscaling factor, any number >= 1.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="auto, fp32, bf16 or fp16.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sheet.")] = False,
+) -> None:
+    """Write a labelled contact sheet of one image at several t (whole image and a zoomed crop per t)."""
+    from .image import ImageData, read_image, to_pil, write_image
+    from .pipeline import load
+    from .sheet import contact_sheet
+
+    ts = _parse_t(t) or []
+    if output.exists() and not overwrite:
+        err.print(f"[red]error:[/] `{output}` exists; pass --overwrite to replace it.")
+        raise typer.Exit(EXIT_USAGE)
+    try:
+        upscaler = load(model, base=base, device=device, dtype=dtype)
+        outputs = upscaler.process(read_image(source), t=ts, scale=scale)
+        sheet = contact_sheet([to_pil(o) for o in outputs], [f"t = {value:g}" for value in ts],
+                              title=f"{source.name} - {upscaler.name} - 0 realistic ... 1 faithful")
+        import numpy as np
+
+        write_image(ImageData(pixels=np.asarray(sheet, dtype=np.float32) / 255.0), output, overwrite=overwrite)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    out.print(f"wrote {output}")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """List the models of the manifest."""
@@ -180,6 +216,34 @@ def models_convert(
         err.print(f"[red]error:[/] cannot read the base model's text encoder in `{base}`: {exc}")
         raise typer.Exit(EXIT_ENV) from None
     out.print(f"wrote {target} ({len(student.tensors)} tensors, adapters: {', '.join(a.name for a in student.meta.adapters)})")
+
+
+@train_app.command("lite")
+def train_lite_command(
+    photos: Annotated[Path, typer.Option("--photos", help="Folder of photographs (scripts/fetch_photos.sh DEST -> DEST/raw).")],
+    work: Annotated[Path, typer.Option("--work", help="Cache and output folder.")],
+    fidelity_steps: Annotated[int, typer.Option(help="Steps of the fidelity teacher.")] = 2000,
+    stage1_steps: Annotated[int, typer.Option(help="Steps of stage 1 (dual-teacher).")] = 2500,
+    stage2_steps: Annotated[int, typer.Option(help="Steps of stage 2 (the t path).")] = 1200,
+    batch: Annotated[int, typer.Option(help="Patches per step.")] = 12,
+    patches_per_image: Annotated[int, typer.Option(help="HR patches cut from each training photo.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of data, degradations and initialisation.")] = 0,
+) -> None:
+    """Distil Real-ESRGAN x4plus (realness) and an L1 network (fidelity) into ctsr-lite."""
+    try:
+        from .train.lite import LiteConfig, train_lite
+    except ImportError as exc:
+        err.print(f"[red]error:[/] the train extra is missing ({exc}); run `pip install 'ctsr-infer[train]'`.")
+        raise typer.Exit(EXIT_ENV) from None
+    logging.getLogger("ctsr_infer").setLevel(logging.INFO)
+    config = LiteConfig(photos=photos, work=work, fidelity_steps=fidelity_steps, stage1_steps=stage1_steps,
+                        stage2_steps=stage2_steps, batch=batch, patches_per_image=patches_per_image, seed=seed)
+    try:
+        path = train_lite(config)
+    except (CtsrError, FileNotFoundError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_ENV) from None
+    out.print(f"wrote {path}")
 
 
 def main() -> None:

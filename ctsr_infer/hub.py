@@ -65,7 +65,16 @@ def fetch_file(spec: ModelSpec, *, offline: bool | None = None) -> Path:
     current = settings.current()
     offline = current.offline if offline is None else offline
     file = spec.file
-    if file.repo_id:
+    if file.package:
+        from importlib import resources
+
+        path = Path(str(resources.files("ctsr_infer").joinpath(file.package)))
+        if not path.is_file():
+            raise WeightsNotFoundError(
+                f"the embedded weights of `{spec.id}` are missing from the installed package (`{path}`); "
+                "reinstall ctsr-infer."
+            )
+    elif file.repo_id:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 

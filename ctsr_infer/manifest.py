@@ -29,6 +29,8 @@ class BaseSpec:
 class FileSpec:
     filename: str
     format: str
+    package: str | None = None
+    """A path inside the installed ``ctsr_infer`` package (embedded weights)."""
     url: str | None = None
     repo_id: str | None = None
     revision: str | None = None
@@ -90,8 +92,8 @@ def parse_manifest(data: dict[str, Any]) -> Manifest:
         file_entry = dict(_field(entry, "file", where))
         for name in ("filename", "format"):
             _field(file_entry, name, f"{where} `file`")
-        if not file_entry.get("url") and not file_entry.get("repo_id"):
-            raise IncompatibleWeightsError(f"weights manifest: {where} `file` needs `url` or `repo_id`.")
+        if not any(file_entry.get(k) for k in ("url", "repo_id", "package")):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `file` needs `package`, `repo_id` or `url`.")
         base_id = entry.get("base")
         if base_id is not None and base_id not in bases:
             raise IncompatibleWeightsError(f"weights manifest: {where} names base `{base_id}`, which is not in `bases`.")

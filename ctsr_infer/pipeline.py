@@ -263,8 +263,12 @@ def load(
         student_path, base_dir = ensure_student(spec, base_dir=base_dir)
         name = spec.id
     student = load_student(student_path)
+    if student.meta.family == "lite":
+        from .families.lite import LiteStudent
+
+        return Upscaler(LiteStudent(student, placement), name=name)
     if student.meta.family != "sd-onestep":
-        raise IncompatibleWeightsError(f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep students.")
+        raise IncompatibleWeightsError(f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep and lite students.")
     if base_dir is None:
         reference = dict(student.meta.base)
         if "path" in reference:

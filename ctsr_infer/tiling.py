@@ -33,12 +33,17 @@ def plan_axis(length: int, tile: int, overlap: int, *, align: int = 1) -> list[t
 
 
 def blend_window(size: int, start: int, end: int, length: int, overlap: int) -> torch.Tensor:
-    """1-D weights of a tile [start, end) of an axis of ``length``: ramps over ``overlap`` on the sides
-    that touch another tile, 1 on sides at the image border. Never zero inside the tile."""
+    """1-D weights of a tile [start, end) of an axis of ``length``.
+
+    On a side that touches another tile the first quarter of the overlap gets weight 0 (a network
+    sees zero padding there, so those pixels are wrong; the neighbour covers them) and the rest of
+    the overlap ramps linearly up to 1. Sides on the image border get 1 throughout."""
     weights = torch.ones(size, dtype=torch.float64)
     ramp = min(overlap, size // 2)
     if ramp > 0:
-        rise = (torch.arange(ramp, dtype=torch.float64) + 0.5) / ramp
+        margin = ramp // 4
+        rise = torch.zeros(ramp, dtype=torch.float64)
+        rise[margin:] = (torch.arange(ramp - margin, dtype=torch.float64) + 1) / (ramp - margin + 1)
         if start > 0:
             weights[:ramp] = rise
         if end < length:

