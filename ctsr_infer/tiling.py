@@ -58,12 +58,15 @@ def tiled_apply(
     tile: int,
     overlap: int,
     scale: int = 1,
+    context: int = 0,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` ((N, C, h, w) -> (N, C', h*scale, w*scale)) over tiles of ``x`` and blend.
 
-    The output equals ``fn(x)`` exactly for pointwise functions; for convolutional networks the
-    overlap hides the tile borders. Tiles run one at a time (bounded memory); the result is float32.
+    Each tile's input is extended by ``context`` pixels of real image on every side that has image
+    (the extra output is cropped off), so a network whose receptive radius is at most ``context``
+    gives the untiled result; the overlap then only feathers float noise. The output equals
+    ``fn(x)`` exactly for pointwise functions. Tiles run one at a time; the result is float32.
     """
     height, width = x.shape[-2:]
     rows, cols = plan_axis(height, tile, overlap), plan_axis(width, tile, overlap)
@@ -76,7 +79,11 @@ def tiled_apply(
         wy = blend_window((bottom - top) * scale, top * scale, bottom * scale, height * scale, overlap * scale)
         for left, right in cols:
             wx = blend_window((right - left) * scale, left * scale, right * scale, width * scale, overlap * scale)
-            piece = fn(x[..., top:bottom, left:right]).float()
+            c_top, c_left = max(0, top - context), max(0, left - context)
+            c_bottom, c_right = min(height, bottom + context), min(width, right + context)
+            piece = fn(x[..., c_top:c_bottom, c_left:c_right]).float()
+            oy, ox = (top - c_top) * scale, (left - c_left) * scale
+            piece = piece[..., oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale]
             if out is None:
                 out = torch.zeros(piece.shape[0], piece.shape[1], height * scale, width * scale)
             weight = (wy[:, None] * wx[None, :]).float()

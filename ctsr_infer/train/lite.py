@@ -208,6 +208,7 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
             return F.l1_loss(net(x, torch.ones(len(x))), y)
 
         _train(net, cfg.fidelity_steps, cfg, loss, "fidelity teacher")
+        export_lite(net, cfg, name="fidelity-teacher", default_t=1.0)
         with torch.inference_mode():
             return {"sr": _batched(lambda x: net(x, torch.ones(len(x))).clamp(0, 1), lows, 32, "fidelity teacher outputs")}
 
@@ -223,6 +224,7 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
                 + cfg.lambda_rn * F.l1_loss(realistic, t_real))
 
     _train(student, cfg.stage1_steps, cfg, stage1, "stage 1")
+    export_lite(student, cfg, name="stage1")
     # 4. stage 2: the path between the two ends, from a frozen copy of the stage-1 student
     frozen = copy.deepcopy(student).requires_grad_(False)
 
@@ -240,11 +242,11 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
     return export_lite(student, cfg)
 
 
-def export_lite(net: LiteNet, cfg: LiteConfig) -> Path:
-    """Write the student file (fp16 tensors) with its metadata and provenance."""
+def export_lite(net: LiteNet, cfg: LiteConfig, *, name: str = "ctsr-lite", default_t: float | None = None) -> Path:
+    """Write ``cfg.work / f"{name}.safetensors"`` (fp16 tensors) with its metadata and provenance."""
     meta = StudentMeta(
         family="lite",
-        knob=Knob(kind="native", default_t=cfg.default_t),
+        knob=Knob(kind="native", default_t=cfg.default_t if default_t is None else default_t),
         scale=4.0,
         color_fix="none",
         licence="Apache-2.0 (weights trained by ctsr-infer; teacher Real-ESRGAN x4plus BSD-3-Clause; data GPL-2+ wallpapers and CC0 images)",
@@ -252,4 +254,4 @@ def export_lite(net: LiteNet, cfg: LiteConfig) -> Path:
         config=net.config(),
     )
     tensors = {f"net.{k}": v.detach().half() for k, v in net.state_dict().items()}
-    return save_student(StudentFile(meta=meta, tensors=tensors), cfg.work / "ctsr-lite.safetensors")
+    return save_student(StudentFile(meta=meta, tensors=tensors), cfg.work / f"{name}.safetensors")

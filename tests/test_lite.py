@@ -1,0 +1,90 @@
+"""The lite family and its training recipe on tiny data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import ctsr_infer
+from ctsr_infer.checkpoints import load_student
+from ctsr_infer.families.lite import LiteNet, LiteStudent
+from ctsr_infer.train.lite import LiteConfig, export_lite, split_photos, train_lite
+
+
+def _photos(folder: Path, count: int = 3) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        yy, xx = np.mgrid[0:160, 0:200]
+        base = np.stack([np.sin(xx / (7 + index)) , np.cos(yy / 5), np.sin((xx + yy) / 11)], axis=2) * 0.4 + 0.5
+        image = (base + rng.normal(0, 0.03, base.shape)).clip(0, 1)
+        Image.fromarray((image * 255).astype(np.uint8)).save(folder / f"photo{index}.png")
+    return folder
+
+
+def _bicubic_teacher(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_lite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, LiteConfig]:
+    root = tmp_path_factory.mktemp("lite")
+    cfg = LiteConfig(photos=_photos(root / "photos"), work=root / "work", holdout=("photo2",), patch=64, patches_per_image=2,
+                     channels=8, blocks=1, batch=2, fidelity_steps=3, stage1_steps=3, stage2_steps=3)
+    return train_lite(cfg, teacher=_bicubic_teacher), cfg
+
+
+def test_recipe_runs_and_exports_a_loadable_student(tiny_lite) -> None:
+    path, cfg = tiny_lite
+    student = load_student(path)
+    assert student.meta.family == "lite" and student.meta.knob.kind == "native"
+    assert all(t.dtype == torch.float16 for t in student.tensors.values())
+    assert split_photos(cfg.photos, cfg.holdout)[1] == [cfg.photos / "photo2.png"]
+    up = ctsr_infer.load(path, device="cpu", dtype="fp32")
+    out = up.upscale(np.zeros((5, 7, 3), dtype=np.uint8), t=0.3)
+    assert out.shape == (20, 28, 3)
+    for name in ("pairs", "teacher_realness", "teacher_fidelity"):
+        assert (cfg.work / f"{name}.safetensors").is_file()
+
+
+def test_runtime_reproduces_the_trained_network(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = LiteNet(channels=8, blocks=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    path = export_lite(net, LiteConfig(photos=tmp_path, work=tmp_path))
+    up = ctsr_infer.load(path, device="cpu", dtype="fp32")
+    x = torch.rand(1, 3, 12, 10)
+    (ours,) = up.upscale_tensor(x, t=0.7, scale=4, color_fix="none")
+    net_half = LiteNet(channels=8, blocks=2)
+    net_half.load_state_dict({k: v.half().float() for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        expected = net_half(x, torch.tensor([0.7])).clamp(0, 1)
+    assert torch.allclose(ours, expected, atol=1e-5)
+
+
+def test_t_changes_the_output_and_scales_and_tiles(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = LiteNet(channels=8, blocks=2)
+    for p in net.parameters():
+        p.data.normal_(0, 0.2)
+    up = ctsr_infer.load(export_lite(net, LiteConfig(photos=tmp_path, work=tmp_path)), device="cpu", dtype="fp32")
+    image = np.random.default_rng(0).integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    a, b = up.sweep(image, [0.0, 1.0], color_fix="none")
+    assert a.shape == (120, 164, 3) and np.abs(a.astype(int) - b.astype(int)).max() > 0
+    assert up.upscale(image, scale=2.5).shape == (75, 103, 3)
+    assert up.upscale(image, scale=6).shape == (180, 246, 3)
+    # with context >= the receptive radius, small tiles give the untiled result
+    model: LiteStudent = up.model
+    full = up.upscale(image, t=0.5, color_fix="none")
+    model.tile, model.overlap, model.context = 12, 4, 12
+    try:
+        tiled = up.upscale(image, t=0.5, color_fix="none")
+    finally:
+        model.tile, model.overlap, model.context = LiteStudent.tile, LiteStudent.overlap, LiteStudent.context
+    assert np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
