@@ -144,3 +144,17 @@ def test_models_convert(tmp_path: Path, osediff_pkl: Path, base_dir: Path) -> No
 class _Evil:
     def __reduce__(self):
         return (os.system, ("true",))
+
+
+def test_sweep_writes_a_labelled_contact_sheet(tmp_path: Path, ctsr_student_path: Path, student_path: Path) -> None:
+    source = _photo(tmp_path / "in.png", (40, 30))
+    sheet = tmp_path / "sheet.png"
+    result = _run("sweep", str(source), "-o", str(sheet), "--model", str(ctsr_student_path), "--t", "0,0.5,1", "--scale", "2")
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(sheet).convert("RGB")).astype(int)
+    assert image.shape[1] > 3 * 384  # three columns
+    # the columns differ: the knob changes the picture
+    columns = [image[60:200, 8 + i * 392 : 8 + i * 392 + 384] for i in range(3)]
+    assert np.abs(columns[0] - columns[2]).max() > 0
+    assert _run("sweep", str(source), "-o", str(sheet), "--model", str(ctsr_student_path)).exit_code == 2  # exists
+    assert _run("sweep", str(source), "-o", str(tmp_path / "s2.png"), "--model", str(student_path)).exit_code == 2  # no knob
