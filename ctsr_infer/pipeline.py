@@ -17,7 +17,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypedDict, overload
+
+from typing_extensions import Unpack
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_n
 from .knob import Knob, normalize_t
 from .progress import ProgressCallback, emit
 
-__all__ = ["Upscaler", "load", "target_size"]
+__all__ = ["Upscaler", "UpscaleOptions", "load", "target_size"]
 
 logger = logging.getLogger(__name__)
 EncodeMode = Literal["mean", "sample"]
@@ -41,6 +43,17 @@ EncodeMode = Literal["mean", "sample"]
 def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Output size for a scale: round(H * s) x round(W * s), halves rounded up, at least 1."""
     return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
+
+
+class UpscaleOptions(TypedDict, total=False):
+    """Keyword-only options of every ``Upscaler`` entry point (all optional)."""
+
+    scale: float | None
+    color_fix: str | None
+    knob_steps: int | None
+    seed: int | None
+    encode: EncodeMode | None
+    on_progress: ProgressCallback | None
 
 
 class Upscaler:
@@ -74,77 +87,47 @@ class Upscaler:
     # -- public entry points -------------------------------------------------------------------
 
     @overload
-    def upscale(self, image: np.ndarray, *, t: float | None = ..., scale: float | None = ..., color_fix: str | None = ..., knob_steps: int | None = ..., seed: int | None = ..., encode: EncodeMode | None = ..., on_progress: ProgressCallback | None = ...) -> np.ndarray: ...
+    def upscale(self, image: np.ndarray, *, t: float | None = ..., **options: Unpack[UpscaleOptions]) -> np.ndarray: ...
     @overload
-    def upscale(self, image: Image.Image | str | os.PathLike[str], *, t: float | None = ..., scale: float | None = ..., color_fix: str | None = ..., knob_steps: int | None = ..., seed: int | None = ..., encode: EncodeMode | None = ..., on_progress: ProgressCallback | None = ...) -> Image.Image: ...
+    def upscale(self, image: Image.Image | str | os.PathLike[str], *, t: float | None = ..., **options: Unpack[UpscaleOptions]) -> Image.Image: ...
 
-    def upscale(
-        self,
-        image: Image.Image | np.ndarray | str | os.PathLike[str],
-        *,
-        t: float | None = None,
-        scale: float | None = None,
-        color_fix: str | None = None,
-        knob_steps: int | None = None,
-        seed: int | None = None,
-        encode: EncodeMode | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> Image.Image | np.ndarray:
+    def upscale(self, image: Image.Image | np.ndarray | str | os.PathLike[str], *, t: float | None = None,
+                **options: Unpack[UpscaleOptions]) -> Image.Image | np.ndarray:
         """Upscale one image.
 
         Args:
             image: a path, a PIL image, or a numpy array (H, W[, C]) of uint8, uint16 or float in [0, 1].
             t: the knob in [0, 1] (0 = realistic detail, 1 = faithful); None uses the model's default.
                 A model without a knob rejects an explicit t.
-            scale: any float >= 1; the output is round(H * scale) x round(W * scale). Default: the model's.
-            color_fix: ``adain``, ``wavelet`` or ``none``. Default: the model's.
-            knob_steps: Euler steps of the ctsr-flow knob (default from the model, usually 1).
-            seed: seeds the VAE posterior sample when ``encode="sample"``.
-            encode: ``mean`` (deterministic) or ``sample`` (OSEDiff's behaviour).
-            on_progress: called with :class:`ProgressEvent` objects.
+            **options: keyword-only, all optional (see :class:`UpscaleOptions`):
+                ``scale`` any float >= 1, the output being round(H * scale) x round(W * scale) (default:
+                the model's); ``color_fix`` ``adain``, ``wavelet`` or ``none`` (default: the model's);
+                ``knob_steps`` Euler steps of the ctsr-flow knob; ``seed`` for ``encode="sample"``;
+                ``encode`` ``mean`` (deterministic) or ``sample`` (OSEDiff's behaviour); ``on_progress``
+                a callback receiving :class:`ProgressEvent` objects.
 
         Returns:
             A PIL image for path and PIL inputs (8-bit; 16-bit grayscale as ``I;16``), a numpy array of
             the input's dtype and layout for numpy inputs. Use :meth:`process` + ``write_image`` to keep
             16-bit RGB.
         """
-        if t is not None and not isinstance(t, (int, float)):
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
             raise InvalidInputError(f"`t` for `upscale` must be one number; for several use `sweep`. Got {t!r}.")
         data = read_image(image)
-        (out,) = self.process(data, t=t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode, on_progress=on_progress)
+        (out,) = self.process(data, t=t, **options)
         return to_numpy(out) if data.source == "numpy" else to_pil(out)
 
     __call__ = upscale
 
-    def sweep(
-        self,
-        image: Image.Image | np.ndarray | str | os.PathLike[str],
-        ts: Sequence[float],
-        *,
-        scale: float | None = None,
-        color_fix: str | None = None,
-        knob_steps: int | None = None,
-        seed: int | None = None,
-        encode: EncodeMode | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> list[Image.Image | np.ndarray]:
+    def sweep(self, image: Image.Image | np.ndarray | str | os.PathLike[str], ts: Sequence[float],
+              **options: Unpack[UpscaleOptions]) -> list[Image.Image | np.ndarray]:
         """Upscale one image at several t values; the SR step runs once (one-step knob: one velocity)."""
         data = read_image(image)
-        outs = self.process(data, t=list(ts), scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode, on_progress=on_progress)
+        outs = self.process(data, t=list(ts), **options)
         return [to_numpy(o) if data.source == "numpy" else to_pil(o) for o in outs]
 
-    def upscale_tensor(
-        self,
-        x: torch.Tensor,
-        *,
-        t: float | Sequence[float] | None = None,
-        scale: float | None = None,
-        color_fix: str | None = None,
-        knob_steps: int | None = None,
-        seed: int | None = None,
-        encode: EncodeMode | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> list[torch.Tensor]:
+    def upscale_tensor(self, x: torch.Tensor, *, t: float | Sequence[float] | None = None,
+                       **options: Unpack[UpscaleOptions]) -> list[torch.Tensor]:
         """Tensor path for apps: (N, 3, H, W) float in [0, 1] -> one (N, 3, H', W') float32 CPU tensor
         in [0, 1] per t value. The pre-upsample uses the same bicubic kernel as the image path."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
@@ -154,59 +137,58 @@ class Upscaler:
             )
         if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
             raise InvalidInputError("`x` must hold finite values in [0, 1].")
-        ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
-        size = target_size(x.shape[-2], x.shape[-1], options.scale)
-        frames = [self._forward_with_retry(frame[None].detach().float().cpu(), size, ts, options, on_progress) for frame in x]
+        ts, run = self.check_options(t, **options)
+        size = target_size(x.shape[-2], x.shape[-1], run.scale)
+        progress = options.get("on_progress")
+        frames = [self._forward_with_retry(frame[None].detach().float().cpu(), size, ts, run, progress) for frame in x]
         return [torch.cat(per_t) for per_t in zip(*frames)]
 
-    def process(
-        self,
-        data: ImageData,
-        *,
-        t: float | Sequence[float] | None = None,
-        scale: float | None = None,
-        color_fix: str | None = None,
-        knob_steps: int | None = None,
-        seed: int | None = None,
-        encode: EncodeMode | None = None,
-        on_progress: ProgressCallback | None = None,
-    ) -> list[ImageData]:
+    def process(self, data: ImageData, *, t: float | Sequence[float] | None = None,
+                **options: Unpack[UpscaleOptions]) -> list[ImageData]:
         """Low-level: an :class:`ImageData` in, one :class:`ImageData` per t out (bit depth kept)."""
         # 1. check inputs
-        ts, options = self.check_options(t, scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
-        options = replace(options, bit_depth=data.bit_depth)
+        ts, run = self.check_options(t, **options)
+        run = replace(run, bit_depth=data.bit_depth)
+        progress = options.get("on_progress")
         # 2. image in: transparent colour filled, alpha upscaled on its own
-        emit(on_progress, "preprocess", 0, 1)
-        size = target_size(*data.size, options.scale)
+        emit(progress, "preprocess", 0, 1)
+        size = target_size(*data.size, run.scale)
         pixels = data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha)
         alpha = None if data.alpha is None else resize_lanczos(data.alpha, size)
-        emit(on_progress, "preprocess", 1, 1)
+        emit(progress, "preprocess", 1, 1)
         # 3.-7. the family's network path (pre-upsample, encode, UNet, knob, decode, colour fix)
         lr = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
-        outputs = self._forward_with_retry(lr, size, ts, options, on_progress)
+        outputs = self._forward_with_retry(lr, size, ts, run, progress)
         return [
             replace(data, pixels=out[0].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha)
             for out in outputs
         ]
 
-    # -- internals -----------------------------------------------------------------------------
-
-    def check_options(self, t: Any = None, *, scale: float | None = None, color_fix: str | None = None, knob_steps: int | None = None, seed: int | None = None, encode: str | None = None) -> tuple[list[float] | None, RunOptions]:
+    def check_options(self, t: Any = None, **options: Unpack[UpscaleOptions]) -> tuple[list[float] | None, RunOptions]:
         """Validate t and options without running anything; returns the t list and resolved options."""
+        unknown = set(options) - set(UpscaleOptions.__annotations__)
+        if unknown:
+            raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
+        scale = options.get("scale")
         scale = self.default_scale if scale is None else scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
             raise InvalidInputError(f"`scale` must be a number >= 1 (e.g. 2, 2.5, 4), got {scale!r}.")
-        steps = self.knob.steps if knob_steps is None else knob_steps
+        steps = options.get("knob_steps")
+        steps = self.knob.steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise InvalidInputError(f"`knob_steps` must be an integer >= 1, got {steps!r}.")
-        mode = encode or self.meta.encode
+        mode = options.get("encode") or self.meta.encode
         if mode not in ("mean", "sample"):
             raise InvalidInputError(f"`encode` must be 'mean' or 'sample', got {mode!r}.")
+        seed = options.get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise InvalidInputError(f"`seed` must be an integer, got {seed!r}.")
-        fix = check_color_fix(self.meta.color_fix if color_fix is None else color_fix)
+        fix = options.get("color_fix")
+        fix = check_color_fix(self.meta.color_fix if fix is None else fix)
         return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode)  # type: ignore[arg-type]
+
+    # -- internals -----------------------------------------------------------------------------
 
     def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         try:

@@ -150,3 +150,8 @@ def test_sample_mode_is_reproducible_with_a_seed(upscaler) -> None:
     b = upscaler.upscale(image, scale=1, encode="sample", seed=3, color_fix="none")
     c = upscaler.upscale(image, scale=1, encode="sample", seed=4, color_fix="none")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_misspelt_option_is_an_error_not_ignored(upscaler) -> None:
+    with pytest.raises(InvalidInputError, match="colour_fix"):
+        upscaler.upscale(np.zeros((4, 4, 3), dtype=np.uint8), colour_fix="none")
