@@ -175,19 +175,149 @@ def sweep(
     out.print(f"wrote {output}")
 
 
+def _size(spec: "ModelSpec") -> str:  # noqa: F821 - imported lazily
+    return f"{spec.file.size / 1e6:.1f} MB" if spec.file.size else "?"
+
+
 @models_app.command("list")
 def models_list() -> None:
-    """List the models of the manifest."""
+    """List the models: family, knob, size, licence and whether they are on this machine."""
+    from .hub import file_status
     from .manifest import load_manifest
 
-    manifest = load_manifest()
+    try:
+        manifest = load_manifest()
+    except CtsrError as exc:
+        raise _fail(exc) from None
     table = Table()
-    for column in ("id", "family", "knob", "scale", "licence", "default"):
+    for column in ("id", "family", "knob", "size", "licence", "on this machine"):
         table.add_column(column)
     for model_id in sorted(manifest.models):
         spec = manifest.models[model_id]
-        table.add_row(model_id, spec.family, spec.knob.kind, f"{spec.scale:g}", spec.licence, "yes" if model_id == manifest.default else "")
+        status = file_status(spec)
+        present = status.file or status.converted or (status.base if status.needs_base else None)
+        here = "yes" if status.ready else ("partly: missing " + ", ".join(status.missing()) if present else "no")
+        licence = spec.licence + ("" if spec.commercial_use else " [non-commercial]")
+        name = model_id + (" (default)" if model_id == manifest.default else "") + (" (imported)" if spec.user else "")
+        table.add_row(name, spec.family, spec.knob.kind, _size(spec), licence, here)
     out.print(table)
+
+
+@models_app.command("info")
+def models_info(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> None:
+    """Everything the manifest says about a model, and what of it is on this machine."""
+    from .hub import file_status, recorded_hash
+    from .manifest import get_spec
+
+    try:
+        spec = get_spec(model_id)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    status = file_status(spec)
+    rows = [
+        ("id", spec.id), ("family", spec.family), ("knob", f"{spec.knob.kind}" + (f" (default t {spec.knob.default_t})" if spec.knob.default_t is not None else "")),
+        ("scale", f"{spec.scale:g}"), ("licence", spec.licence + ("" if spec.commercial_use else " - NON-COMMERCIAL")),
+        ("file", f"{spec.file.filename} ({spec.file.format}, {_size(spec)})"),
+        ("sources", "; ".join(s.describe() for s in spec.file.sources)),
+        ("sha256", spec.file.sha256 or f"unknown in advance; recorded: {recorded_hash(spec.id, spec.file.filename) or 'not yet'}"),
+        ("base", ("; ".join(s.get("repo_id", s.get("path", "?")) for s in spec.base.sources) + f" ({spec.base.licence})") if spec.base else "none"),
+        ("local file", str(status.file or "not downloaded")), ("converted", str(status.converted or "-")),
+        ("local base", str(status.base or ("-" if not spec.base else "not downloaded"))),
+        ("missing", ", ".join(status.missing()) or "nothing"), ("notes", spec.notes),
+    ]
+    table = Table(show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in rows:
+        table.add_row(key, value)
+    out.print(table)
+
+
+@models_app.command("download")
+def models_download(
+    model_id: Annotated[str, typer.Argument(help="Model id.")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="Use this local base-model folder instead of downloading one.")] = None,
+) -> None:
+    """Fetch (and verify, and convert) everything a model needs, so it later runs offline."""
+    from .hub import ensure_student
+    from .manifest import get_spec
+
+    try:
+        student, base_dir = ensure_student(get_spec(model_id), base_dir=base)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    out.print(f"{model_id}: student {student}" + (f", base {base_dir}" if base_dir else ""))
+
+
+@models_app.command("verify")
+def models_verify(model_id: Annotated[Optional[str], typer.Argument(help="Model id (default: every model on this machine).")] = None) -> None:
+    """Check the sha256 of every downloaded model file against the manifest or the recorded hash."""
+    from .hub import local_file, verify_file
+    from .manifest import load_manifest
+
+    try:
+        manifest = load_manifest()
+        specs = [manifest.get(model_id)] if model_id else [manifest.models[k] for k in sorted(manifest.models)]
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    bad = 0
+    for spec in specs:
+        path = local_file(spec)
+        if path is None:
+            out.print(f"{spec.id}: not downloaded")
+            bad += model_id is not None
+            continue
+        try:
+            digest = verify_file(spec, path)
+            out.print(f"{spec.id}: ok ({digest[:16]}...) {path}")
+        except CtsrError as exc:
+            bad += 1
+            out.print(f"[red]{spec.id}: {exc}[/]", highlight=False)
+    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
+
+
+@models_app.command("import")
+def models_import(
+    path: Annotated[Path, typer.Argument(help="A student file (.safetensors) or an OSEDiff checkpoint (.pkl).")],
+    model_id: Annotated[str, typer.Option("--id", help="The id to register it under (kebab-case).")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="Base-model folder (needed to convert a .pkl).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="Fixed prompt for a converted OSEDiff checkpoint.")] = "",
+    licence: Annotated[str, typer.Option("--licence", help="Licence of the weights.")] = "unknown (user-supplied)",
+) -> None:
+    """Register a user-supplied checkpoint: converted and copied into the cache, then usable by id."""
+    from .registry import import_model
+
+    try:
+        spec = import_model(path, model_id=model_id, base=base, prompt=prompt, licence=licence)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    out.print(f"imported `{spec.id}` ({spec.family}, knob {spec.knob.kind}); use it with --model {spec.id}")
+
+
+@models_app.command("remove")
+def models_remove(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> None:
+    """Delete a model's downloaded and converted files from ctsr's cache (and unregister an import)."""
+    from .registry import remove_model
+
+    try:
+        removed = remove_model(model_id)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    out.print("\n".join(f"removed {p}" for p in removed) or f"{model_id}: nothing of it in ctsr's cache")
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, devices, precision support, cache, offline state, and what each model is missing."""
+    from .registry import diagnose
+
+    for section, rows in diagnose().items():
+        table = Table(title=section, show_header=False, title_justify="left")
+        table.add_column("item", style="bold")
+        table.add_column("value")
+        for key, value in rows:
+            table.add_row(key, value)
+        out.print(table)
 
 
 @models_app.command("convert")
@@ -249,6 +379,9 @@ def train_lite_command(
 def main() -> None:
     try:
         app()
+    except CtsrError as exc:  # a command that did not map its own error still gets a message, not a traceback
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(_exit_code(exc))
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)

@@ -1,33 +1,73 @@
-"""Specs -> local files: base-model snapshots (huggingface_hub) and student files.
+"""Specs -> local files: base-model snapshots (huggingface_hub) and model files, verified.
 
-Nothing here runs at import time and nothing touches the network when offline (``CTSR_OFFLINE=1``
-or ``HF_HUB_OFFLINE=1``): a missing file then fails naming the file and the command that fetches it.
+* Hub files go through ``huggingface_hub`` (pinned revision, resumable, its own cache layout);
+  other files through plain HTTPS into ``$CTSR_HOME/downloads/<id>/``, resuming a ``.part`` file
+  with a Range request. Sources (and base-model mirrors) are tried in order.
+* Every file is checked against the manifest's sha256; where the manifest cannot know it, the
+  first download records the hash it saw in ``$CTSR_HOME/hashes.json`` (trust on first use) and
+  later loads verify against that. A mismatch deletes nothing and names expected and found hashes.
+* Offline (``CTSR_OFFLINE=1``, ``HF_HUB_OFFLINE=1`` or ``offline=True``) nothing touches the
+  network: a missing file fails naming the file, where it was expected and the command to fetch it.
+  Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
-import shutil
+import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from . import settings
 from .errors import IncompatibleWeightsError, WeightsNotFoundError
-from .manifest import BaseSpec, ModelSpec
+from .manifest import BaseSpec, ModelSpec, Source
+from .progress import ProgressCallback, emit
 
-__all__ = ["resolve_base", "fetch_file", "ensure_student", "sha256_of"]
+__all__ = ["resolve_base", "fetch_file", "ensure_student", "sha256_of", "local_file", "recorded_hash", "FileStatus", "file_status"]
 
 logger = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+class _Unavailable(Exception):
+    """Internal: this source cannot give the file (missing, offline, HTTP error)."""
 
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+        for block in iter(lambda: handle.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _hashes_path() -> Path:
+    return settings.current().home / "hashes.json"
+
+
+def recorded_hash(model_id: str, filename: str) -> str | None:
+    """The trust-on-first-use hash recorded for a file, if any."""
+    path = _hashes_path()
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get(f"{model_id}/{filename}")
+
+
+def _record_hash(model_id: str, filename: str, digest: str) -> None:
+    path = _hashes_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[f"{model_id}/{filename}"] = digest
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    logger.warning("recorded sha256 %s for %s/%s (trust on first use; later loads verify it)", digest, model_id, filename)
 
 
 def resolve_base(spec: BaseSpec, *, offline: bool | None = None) -> Path:
@@ -46,9 +86,7 @@ def resolve_base(spec: BaseSpec, *, offline: bool | None = None) -> Path:
             continue
         repo_id, revision = source["repo_id"], source.get("revision", "main")
         try:
-            folder = snapshot_download(
-                repo_id, revision=revision, allow_patterns=list(spec.allow_patterns) or None, local_files_only=offline
-            )
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(spec.allow_patterns) or None, local_files_only=offline)
             return Path(folder)
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
             tried.append(f"{repo_id}@{revision} ({type(exc).__name__})")
@@ -60,56 +98,124 @@ def resolve_base(spec: BaseSpec, *, offline: bool | None = None) -> Path:
     )
 
 
-def fetch_file(spec: ModelSpec, *, offline: bool | None = None) -> Path:
-    """Return the model's raw file, downloading it if needed; verify its sha256 when known."""
-    current = settings.current()
-    offline = current.offline if offline is None else offline
-    file = spec.file
-    if file.package:
-        from importlib import resources
+def _download_dir(model_id: str) -> Path:
+    return settings.current().home / "downloads" / model_id
 
-        path = Path(str(resources.files("ctsr_infer").joinpath(file.package)))
+
+def _http_download(url: str, target: Path, *, on_progress: ProgressCallback | None) -> None:
+    """Download ``url`` to ``target`` through ``target.part``, resuming a partial file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - URLs come from the manifest
+            resumed = response.status == 206
+            total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
+            done = have if resumed else 0
+            with part.open("ab" if resumed else "wb") as out:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    done += len(block)
+                    emit(on_progress, "download", done, total)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the partial file is already complete
+            os.replace(part, target)
+            return
+        raise _Unavailable(f"HTTP {exc.code}") from exc
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+        raise _Unavailable(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from exc
+    os.replace(part, target)
+
+
+def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress: ProgressCallback | None) -> Path:
+    name = spec.file.filename
+    if source.package:
+        path = Path(str(resources.files("ctsr_infer").joinpath(source.package)))
         if not path.is_file():
-            raise WeightsNotFoundError(
-                f"the embedded weights of `{spec.id}` are missing from the installed package (`{path}`); "
-                "reinstall ctsr-infer."
-            )
-    elif file.repo_id:
+            raise _Unavailable(f"not in the installed package ({path}); reinstall ctsr-infer")
+        return path
+    if source.repo_id:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
         try:
-            path = Path(hf_hub_download(file.repo_id, file.filename, revision=file.revision, local_files_only=offline))
-        except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-            raise WeightsNotFoundError(
-                f"`{file.filename}` of model `{spec.id}` is not available from {file.repo_id} "
-                f"({type(exc).__name__}). Fetch it with `ctsr models download {spec.id}`."
-            ) from exc
-    else:
-        path = current.home / "downloads" / spec.id / file.filename
-        if not path.is_file():
-            if offline:
-                raise WeightsNotFoundError(
-                    f"`{file.filename}` of model `{spec.id}` is not at `{path}` and offline mode is on. "
-                    f"Run `ctsr models download {spec.id}` with network, or copy the file there."
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            part = path.with_name(path.name + ".part")
-            logger.info("downloading %s", file.url)
-            with urllib.request.urlopen(str(file.url), timeout=60) as response, part.open("wb") as out:  # noqa: S310
-                shutil.copyfileobj(response, out)
-            os.replace(part, path)
-    if file.sha256:
-        got = sha256_of(path)
-        if got != file.sha256:
-            raise IncompatibleWeightsError(
-                f"`{path}` has sha256 {got}, the manifest expects {file.sha256} for model `{spec.id}`. "
-                "The file is left in place; delete it and download again."
-            )
+            return Path(hf_hub_download(source.repo_id, source.path or name, revision=source.revision, local_files_only=offline))
+        except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+            raise _Unavailable(type(exc).__name__) from exc
+    url = str(source.url)
+    if url.startswith("file://"):  # a file on this machine (imported models)
+        local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        if not local.is_file():
+            raise _Unavailable(f"no file at {local}")
+        return local
+    target = _download_dir(spec.id) / name
+    if target.is_file():
+        return target
+    if offline:
+        raise _Unavailable(f"not at {target} and offline")
+    logger.info("downloading %s", source.url)
+    _http_download(str(source.url), target, on_progress=on_progress)
+    return target
+
+
+def local_file(spec: ModelSpec) -> Path | None:
+    """The model's raw file if it is already on this machine (never touches the network)."""
+    for source in spec.file.sources:
+        try:
+            return _from_source(spec, source, offline=True, on_progress=None)
+        except _Unavailable:
+            continue
+    return None
+
+
+def fetch_file(spec: ModelSpec, *, offline: bool | None = None, on_progress: ProgressCallback | None = None) -> Path:
+    """Return the model's raw file, downloading it if needed, verified by sha256.
+
+    Raises:
+        WeightsNotFoundError: no source could give the file (offline, missing, network errors).
+        IncompatibleWeightsError: the file's sha256 is not the expected one (nothing is deleted).
+    """
+    offline = settings.current().offline if offline is None else offline
+    tried: list[str] = []
+    path: Path | None = None
+    for source in spec.file.sources:
+        try:
+            path = _from_source(spec, source, offline=offline, on_progress=on_progress)
+            break
+        except _Unavailable as exc:
+            tried.append(f"{source.describe()} ({exc})")
+    if path is None:
+        where = _download_dir(spec.id) / spec.file.filename
+        raise WeightsNotFoundError(
+            f"`{spec.file.filename}` of model `{spec.id}` is not available{' offline' if offline else ''}; tried: "
+            f"{'; '.join(tried)}. Run `ctsr models download {spec.id}` on a machine with network, or put the file at `{where}`."
+        )
+    verify_file(spec, path)
     return path
 
 
-def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bool | None = None) -> tuple[Path, Path | None]:
+def verify_file(spec: ModelSpec, path: Path) -> str:
+    """Check ``path`` against the manifest's or the recorded sha256; record it when neither exists."""
+    got = sha256_of(path)
+    expected = spec.file.sha256 or recorded_hash(spec.id, spec.file.filename)
+    if expected is None:
+        _record_hash(spec.id, spec.file.filename, got)
+    elif got != expected:
+        origin = "the manifest" if spec.file.sha256 else f"the hash recorded at first download ({_hashes_path()})"
+        raise IncompatibleWeightsError(
+            f"`{path}` of model `{spec.id}` has sha256 {got}, but {origin} says {expected}. The file is left "
+            f"in place; delete it and run `ctsr models download {spec.id}` again."
+        )
+    return got
+
+
+def converted_path(spec: ModelSpec) -> Path:
+    return settings.current().models_dir / f"{spec.id}.safetensors"
+
+
+def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bool | None = None,
+                   on_progress: ProgressCallback | None = None) -> tuple[Path, Path | None]:
     """Return (student file, base folder) for a manifest model, converting on first use.
 
     ``base_dir`` overrides the manifest's base sources (a local diffusers folder).
@@ -119,15 +225,59 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
     if base_dir is None and spec.base is not None:
         base_dir = resolve_base(spec.base, offline=offline)
     if spec.file.format == "ctsr-student":
-        return fetch_file(spec, offline=offline), base_dir
-    target = settings.current().models_dir / f"{spec.id}.safetensors"
+        return fetch_file(spec, offline=offline, on_progress=on_progress), base_dir
+    target = converted_path(spec)
     if target.is_file():
         return target, base_dir
-    raw = fetch_file(spec, offline=offline)
-    if spec.file.format != "osediff-pkl" or base_dir is None:
-        raise IncompatibleWeightsError(f"model `{spec.id}`: no converter for file format {spec.file.format!r}.")
+    raw = fetch_file(spec, offline=offline, on_progress=on_progress)
+    if base_dir is None:
+        raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; pass `base=`.")
     from .families.sd_onestep import encode_prompt
 
-    source = spec.base.sources[0] if spec.base else {}
+    source = spec.base.sources[0] if spec.base else {"path": str(base_dir)}
     student = convert_osediff(raw, prompt_embeds=encode_prompt(base_dir, spec.prompt), base=dict(source), prompt=spec.prompt)
     return save_student(student, target), base_dir
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """What of a model is on this machine."""
+
+    model_id: str
+    file: Path | None
+    """The raw file, if present."""
+    converted: Path | None
+    """The converted student file, for models that need a conversion."""
+    base: Path | None
+    """The base-model folder, for models that need one."""
+    needs_base: bool
+    needs_conversion: bool
+
+    def missing(self) -> list[str]:
+        gaps = []
+        if self.needs_conversion and self.converted is None and self.file is None:
+            gaps.append("model file")
+        elif not self.needs_conversion and self.file is None:
+            gaps.append("model file")
+        if self.needs_conversion and self.converted is None:
+            gaps.append("conversion (runs on first use)")
+        if self.needs_base and self.base is None:
+            gaps.append("base model")
+        return gaps
+
+    @property
+    def ready(self) -> bool:
+        return not self.missing()
+
+
+def file_status(spec: ModelSpec) -> FileStatus:
+    """What of a model is on this machine, looked up without any network access."""
+    base = None
+    if spec.base is not None:
+        try:
+            base = resolve_base(spec.base, offline=True)
+        except WeightsNotFoundError:
+            base = None
+    needs_conversion = spec.file.format != "ctsr-student"
+    converted = converted_path(spec) if needs_conversion and converted_path(spec).is_file() else None
+    return FileStatus(spec.id, local_file(spec), converted, base, needs_base=spec.base is not None, needs_conversion=needs_conversion)

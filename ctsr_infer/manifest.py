@@ -1,19 +1,42 @@
-"""``weights_manifest.json`` -> frozen specs. Models are data: adding one is an entry, not code."""
+"""``weights_manifest.json`` -> frozen specs. Models are data: adding one is an entry, not code.
+
+Schema (format_version 1)::
+
+    {"format_version": 1, "default": "<model id>",
+     "bases": {"<base id>": {"sources": [{"repo_id", "revision"} | {"path"}, ...],
+                              "allow_patterns": [...], "licence": "...", "description": "..."}},
+     "models": {"<model id>": {
+         "family": "sd-onestep" | "lite" | "resshift-onestep",
+         "file": {"filename", "format": "ctsr-student" | "osediff-pkl", "sha256": hex | null, "size": int | null,
+                  "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}, ...]},
+         "base": "<base id>" | null, "knob": {...}, "scale": 4, "prompt": "",
+         "licence": "...", "commercial_use": true, "notes": "..."}}}
+
+A ``sha256`` of null means the hash cannot be known in advance: the first download records the hash
+it saw (trust on first use) and later loads verify against it. Users' own models (``ctsr models
+import``) live in ``$CTSR_HOME/user_models.json`` with the same ``models`` schema.
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .errors import IncompatibleWeightsError, UnknownModelError
 from .knob import Knob
 
-__all__ = ["BaseSpec", "FileSpec", "ModelSpec", "Manifest", "load_manifest", "get_spec"]
+__all__ = ["BaseSpec", "Source", "FileSpec", "ModelSpec", "Manifest", "parse_manifest", "load_manifest", "get_spec", "FAMILIES", "FORMATS"]
+
+FAMILIES = ("sd-onestep", "lite", "resshift-onestep")
+FORMATS = ("ctsr-student", "osediff-pkl")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -26,14 +49,30 @@ class BaseSpec:
 
 
 @dataclass(frozen=True)
+class Source:
+    """One place a file can come from; sources are tried in order."""
+
+    package: str | None = None
+    """A path inside the installed ``ctsr_infer`` package (embedded weights)."""
+    repo_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    """The file's path inside the hub repository (default: the file's ``filename``)."""
+    url: str | None = None
+
+    def describe(self) -> str:
+        if self.package:
+            return f"package:{self.package}"
+        if self.repo_id:
+            return f"hf:{self.repo_id}@{self.revision or 'main'}"
+        return str(self.url)
+
+
+@dataclass(frozen=True)
 class FileSpec:
     filename: str
     format: str
-    package: str | None = None
-    """A path inside the installed ``ctsr_infer`` package (embedded weights)."""
-    url: str | None = None
-    repo_id: str | None = None
-    revision: str | None = None
+    sources: tuple[Source, ...]
     sha256: str | None = None
     size: int | None = None
 
@@ -50,6 +89,8 @@ class ModelSpec:
     licence: str = "unknown"
     commercial_use: bool = True
     notes: str = ""
+    user: bool = False
+    """Registered by ``ctsr models import`` rather than shipped."""
 
 
 @dataclass(frozen=True)
@@ -69,61 +110,120 @@ class Manifest:
         )
 
 
-def _field(entry: dict[str, Any], name: str, where: str) -> Any:
-    if name not in entry:
+def _need(entry: Any, name: str, where: str, kind: type | tuple[type, ...] = object) -> Any:
+    if not isinstance(entry, dict) or name not in entry:
         raise IncompatibleWeightsError(f"weights manifest: {where} has no `{name}` field.")
-    return entry[name]
+    value = entry[name]
+    if not isinstance(value, kind):
+        raise IncompatibleWeightsError(f"weights manifest: {where} field `{name}` has the wrong type ({type(value).__name__}).")
+    return value
 
 
-def parse_manifest(data: dict[str, Any]) -> Manifest:
+def _parse_file(entry: Any, where: str) -> FileSpec:
+    where = f"{where} `file`"
+    filename = _need(entry, "filename", where, str)
+    fmt = _need(entry, "format", where, str)
+    if fmt not in FORMATS:
+        raise IncompatibleWeightsError(f"weights manifest: {where} `format` must be one of {list(FORMATS)}, got {fmt!r}.")
+    sources = []
+    for index, raw in enumerate(_need(entry, "sources", where, list)):
+        if not isinstance(raw, dict) or not any(raw.get(k) for k in ("package", "repo_id", "url")):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` needs `package`, `repo_id` or `url`.")
+        unknown = set(raw) - set(Source.__dataclass_fields__)
+        if unknown:
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` has unknown fields {sorted(unknown)}.")
+        sources.append(Source(**raw))
+    if not sources:
+        raise IncompatibleWeightsError(f"weights manifest: {where} `sources` is empty.")
+    sha = entry.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or not _SHA256.match(sha)):
+        raise IncompatibleWeightsError(f"weights manifest: {where} `sha256` must be 64 lowercase hex digits or null, got {sha!r}.")
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or size <= 0):
+        raise IncompatibleWeightsError(f"weights manifest: {where} `size` must be a positive integer or null, got {size!r}.")
+    return FileSpec(filename=filename, format=fmt, sources=tuple(sources), sha256=sha, size=size)
+
+
+def _parse_models(models: Any, bases: dict[str, BaseSpec], *, user: bool) -> dict[str, ModelSpec]:
+    parsed: dict[str, ModelSpec] = {}
+    if not isinstance(models, dict):
+        raise IncompatibleWeightsError("weights manifest: `models` must be an object.")
+    for model_id, entry in models.items():
+        where = f"model `{model_id}`"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._\-]*", model_id):
+            raise IncompatibleWeightsError(f"weights manifest: {where}: ids are lowercase kebab-case (letters, digits, '-', '.', '_').")
+        family = _need(entry, "family", where, str)
+        if family not in FAMILIES:
+            raise IncompatibleWeightsError(f"weights manifest: {where} `family` must be one of {list(FAMILIES)}, got {family!r}.")
+        base_id = entry.get("base")
+        if base_id is not None and base_id not in bases:
+            raise IncompatibleWeightsError(f"weights manifest: {where} names base `{base_id}`, which is not in `bases`.")
+        try:
+            knob = Knob.from_json(entry.get("knob", {}))
+        except ValueError as exc:
+            raise IncompatibleWeightsError(f"weights manifest: {where} `knob`: {exc}") from exc
+        parsed[model_id] = ModelSpec(
+            id=model_id,
+            family=family,
+            file=_parse_file(_need(entry, "file", where, dict), where),
+            base=bases[base_id] if base_id else None,
+            knob=knob,
+            scale=float(entry.get("scale", 4)),
+            prompt=str(entry.get("prompt", "")),
+            licence=str(entry.get("licence", "unknown")),
+            commercial_use=bool(entry.get("commercial_use", True)),
+            notes=str(entry.get("notes", "")),
+            user=user,
+        )
+    return parsed
+
+
+def parse_manifest(data: Any, *, user_models: Any = None) -> Manifest:
     """Validate the manifest's JSON; errors name the entry and the field."""
+    if not isinstance(data, dict):
+        raise IncompatibleWeightsError("weights manifest: the top level must be an object.")
+    if data.get("format_version") != 1:
+        raise IncompatibleWeightsError(f"weights manifest: `format_version` must be 1, got {data.get('format_version')!r}.")
     bases: dict[str, BaseSpec] = {}
-    for base_id, entry in data.get("bases", {}).items():
-        sources = tuple(dict(s) for s in _field(entry, "sources", f"base `{base_id}`"))
+    for base_id, entry in _need(data, "bases", "the top level", dict).items():
+        where = f"base `{base_id}`"
+        sources = tuple(dict(s) for s in _need(entry, "sources", where, list))
         if not sources or any("repo_id" not in s and "path" not in s for s in sources):
-            raise IncompatibleWeightsError(f"weights manifest: base `{base_id}` `sources` must list repo_id or path entries.")
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources` must list repo_id or path entries.")
         bases[base_id] = BaseSpec(
             id=base_id, sources=sources, allow_patterns=tuple(entry.get("allow_patterns", ())),
             licence=entry.get("licence", "unknown"), description=entry.get("description", ""),
         )
-    models: dict[str, ModelSpec] = {}
-    for model_id, entry in data.get("models", {}).items():
-        where = f"model `{model_id}`"
-        file_entry = dict(_field(entry, "file", where))
-        for name in ("filename", "format"):
-            _field(file_entry, name, f"{where} `file`")
-        if not any(file_entry.get(k) for k in ("url", "repo_id", "package")):
-            raise IncompatibleWeightsError(f"weights manifest: {where} `file` needs `package`, `repo_id` or `url`.")
-        base_id = entry.get("base")
-        if base_id is not None and base_id not in bases:
-            raise IncompatibleWeightsError(f"weights manifest: {where} names base `{base_id}`, which is not in `bases`.")
-        models[model_id] = ModelSpec(
-            id=model_id,
-            family=_field(entry, "family", where),
-            file=FileSpec(**{k: file_entry.get(k) for k in FileSpec.__dataclass_fields__}),
-            base=bases[base_id] if base_id else None,
-            knob=Knob.from_json(entry.get("knob", {})),
-            scale=float(entry.get("scale", 4)),
-            prompt=entry.get("prompt", ""),
-            licence=entry.get("licence", "unknown"),
-            commercial_use=bool(entry.get("commercial_use", True)),
-            notes=entry.get("notes", ""),
-        )
-    default = _field(data, "default", "the top level")
+    models = _parse_models(_need(data, "models", "the top level", dict), bases, user=False)
+    if user_models:
+        clash = set(user_models) & set(models)
+        if clash:
+            raise IncompatibleWeightsError(f"user models {sorted(clash)} clash with shipped ones; remove them with `ctsr models remove`.")
+        models.update(_parse_models(user_models, bases, user=True))
+    default = _need(data, "default", "the top level", str)
     if default not in models:
         raise IncompatibleWeightsError(f"weights manifest: `default` names {default!r}, which is not in `models`.")
     return Manifest(default=default, models=models, bases=bases)
 
 
 @lru_cache(maxsize=1)
-def load_manifest() -> Manifest:
-    """The manifest shipped in the package (or, in a source checkout, at the repository root)."""
+def _shipped() -> dict[str, Any]:
     packaged = resources.files("ctsr_infer").joinpath("weights_manifest.json")
     if packaged.is_file():
-        text = packaged.read_text(encoding="utf-8")
-    else:
-        text = (Path(__file__).resolve().parent.parent / "weights_manifest.json").read_text(encoding="utf-8")
-    return parse_manifest(json.loads(text))
+        return json.loads(packaged.read_text(encoding="utf-8"))
+    return json.loads((Path(__file__).resolve().parent.parent / "weights_manifest.json").read_text(encoding="utf-8"))
+
+
+def user_registry_path() -> Path:
+    return settings.current().home / "user_models.json"
+
+
+def load_manifest() -> Manifest:
+    """The shipped manifest (inside the package; at the repository root in a source checkout) plus
+    the user's imported models."""
+    user_path = user_registry_path()
+    user = json.loads(user_path.read_text(encoding="utf-8")) if user_path.is_file() else None
+    return parse_manifest(_shipped(), user_models=user)
 
 
 def get_spec(model_id: str) -> ModelSpec:

@@ -22,11 +22,15 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     np.random.seed(0)
     torch.manual_seed(0)
 
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("tests must not open network connections")
+    real_connect = socket.socket.connect
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    def loopback_only(sock: socket.socket, address: object) -> None:
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise RuntimeError(f"tests must not open network connections (to {address!r})")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
 
 
 @pytest.fixture(scope="session")
