@@ -170,6 +170,10 @@ class Upscaler:
         if unknown:
             raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
+        ignored = {"knob_steps", "seed", "encode"} - set(getattr(self.model, "options", ()))
+        given = sorted(k for k in ignored if options.get(k) is not None)  # type: ignore[misc]
+        if given:
+            raise InvalidInputError(f"option(s) {given} do not apply to {self.meta.family} students like `{self.name}`; drop them.")
         scale = options.get("scale")
         scale = self.default_scale if scale is None else scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:

@@ -88,3 +88,11 @@ def test_t_changes_the_output_and_scales_and_tiles(tmp_path: Path) -> None:
     finally:
         model.tile, model.overlap, model.context = LiteStudent.tile, LiteStudent.overlap, LiteStudent.context
     assert np.abs(full.astype(int) - tiled.astype(int)).max() <= 1
+
+
+def test_sd_only_options_are_refused_for_lite(tmp_path: Path) -> None:
+    from ctsr_infer.errors import InvalidInputError
+
+    up = ctsr_infer.load(export_lite(LiteNet(channels=4, blocks=1), LiteConfig(photos=tmp_path, work=tmp_path)), device="cpu")
+    with pytest.raises(InvalidInputError, match="knob_steps"):
+        up.upscale(np.zeros((4, 4, 3), dtype=np.uint8), knob_steps=2)

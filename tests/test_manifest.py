@@ -57,3 +57,15 @@ def test_unknown_ids_get_close_matches() -> None:
         load_manifest().get("osedif")
     with pytest.raises(KeyError):
         load_manifest().get("zzz")
+
+
+def test_the_readme_models_table_is_generated_from_the_manifest() -> None:
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("models_table", root / "scripts" / "models_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    readme = (root / "README.md").read_text()
+    between = readme[readme.index(module.BEGIN) + len(module.BEGIN) : readme.index(module.END)].strip()
+    assert between == module.table(), "run `python scripts/models_table.py --write`"

@@ -72,6 +72,8 @@ class LiteStudent:
     """A loaded lite student."""
 
     family = "lite"
+    options: tuple[str, ...] = ()
+    """The family-specific options this family reads (none: t, scale and colour fix are generic)."""
     tile = 256
     """Input tile size (pixels) for large images."""
     overlap = 8

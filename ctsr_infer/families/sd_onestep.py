@@ -132,6 +132,8 @@ class SDOneStep:
     """A loaded sd-onestep student: plain diffusers modules with the SR LoRA fused in."""
 
     family = "sd-onestep"
+    options = ("knob_steps", "seed", "encode")
+    """The family-specific options this family reads."""
 
     def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
         self.meta = student.meta
