@@ -92,6 +92,11 @@ def upscale(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirroring the tree.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
     fmt: Annotated[str, typer.Option("--format", help="Output format in folder mode: png, jpg, webp, tiff.")] = "png",
+    tiling: Annotated[str, typer.Option("--tiling", help="auto, exact, fast or off (large images; SD models).")] = "auto",
+    tile: Annotated[Optional[int], typer.Option("--tile", help="UNet latent tile (latent px; SD) or input tile (px; lite).")] = None,
+    tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Overlap of --tile.")] = None,
+    vae_tile: Annotated[Optional[int], typer.Option("--vae-tile", help="VAE tile in image pixels (multiple of 64; SD).")] = None,
+    memory_budget: Annotated[Optional[float], typer.Option("--memory-budget", help="GB the tiler may plan for (default: half the RAM / 80% of the GPU).")] = None,
 ) -> None:
     """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
     from .batch import BatchItem, plan_jobs, run_batch
@@ -106,6 +111,9 @@ def upscale(
             raise typer.Exit(EXIT_FAILED)
         upscaler = load(model, base=base, device=device, dtype=dtype)
         options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
+        tiling_options = dict(tiling=None if tiling == "auto" else tiling, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
+                              memory_budget=None if memory_budget is None else memory_budget * 1e9)
+        options.update({k: v for k, v in tiling_options.items() if v is not None})
         upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
     except CtsrError as exc:
         raise _fail(exc) from None

@@ -53,6 +53,11 @@ class UpscaleOptions(TypedDict, total=False):
     knob_steps: int | None
     seed: int | None
     encode: EncodeMode | None
+    tiling: str | None
+    tile: int | None
+    tile_overlap: int | None
+    vae_tile: int | None
+    memory_budget: float | None
     on_progress: ProgressCallback | None
 
 
@@ -170,7 +175,7 @@ class Upscaler:
         if unknown:
             raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
-        ignored = {"knob_steps", "seed", "encode"} - set(getattr(self.model, "options", ()))
+        ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(getattr(self.model, "options", ()))
         given = sorted(k for k in ignored if options.get(k) is not None)  # type: ignore[misc]
         if given:
             raise InvalidInputError(f"option(s) {given} do not apply to {self.meta.family} students like `{self.name}`; drop them.")
@@ -190,7 +195,22 @@ class Upscaler:
             raise InvalidInputError(f"`seed` must be an integer, got {seed!r}.")
         fix = options.get("color_fix")
         fix = check_color_fix(self.meta.color_fix if fix is None else fix)
-        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode)  # type: ignore[arg-type]
+        tiling = options.get("tiling") or "auto"
+        if tiling not in ("auto", "exact", "fast", "off"):
+            raise InvalidInputError(f"`tiling` must be 'auto', 'exact', 'fast' or 'off', got {tiling!r}.")
+        for name in ("tile", "tile_overlap", "vae_tile"):
+            value = options.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise InvalidInputError(f"`{name}` must be a non-negative integer, got {value!r}.")
+        vae_tile = options.get("vae_tile")
+        if vae_tile is not None and (vae_tile < 64 or vae_tile % 64):
+            raise InvalidInputError(f"`vae_tile` must be a multiple of 64 pixels (>= 64), got {vae_tile}.")
+        budget = options.get("memory_budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+            raise InvalidInputError(f"`memory_budget` must be a positive number of bytes, got {budget!r}.")
+        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode,  # type: ignore[arg-type]
+                              tiling=tiling, tile=options.get("tile"), tile_overlap=options.get("tile_overlap"),  # type: ignore[arg-type]
+                              vae_tile=options.get("vae_tile"), memory_budget=budget)
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -1,27 +1,52 @@
-"""One tile planner for every stage: tiles with overlap, the last tile snapped to the border, and
-blend weights that sum to exactly one everywhere.
+"""Tiling that users cannot see: one planner for every stage, blending that sums to one, and a VAE
+tiler whose GroupNorms use statistics shared across all tiles.
 
-``plan_axis`` splits one axis; ``blend_window`` gives a tile's weights (a linear ramp over the
-overlap on interior sides, flat on image borders); ``tiled_apply`` runs a size-changing function
-(output = ``scale`` x input) tile by tile and blends the results, normalising by the summed weights.
+* :func:`plan_axis` splits an axis into equal tiles (the last one snapped to the border).
+* :func:`plan_tiles` makes 2-D tiles with real-image context around each (cropped off afterwards).
+* :func:`blend_window` / :func:`gaussian_window` weight a tile; :func:`tiled_apply` runs a function
+  tile by tile and normalises by the summed weights, so the weights sum to one everywhere.
+* :func:`tiled_vae` runs a VAE encoder or decoder over tiles. Every GroupNorm normalises with
+  statistics of the *whole* image, so tone does not jump between tiles:
+  - ``exact``: all tiles run in lockstep (one thread each); at each GroupNorm every tile adds the
+    sums over its own core region (context excluded, so no pixel counts twice), waits for the
+    others, and normalises with the global mean and variance: the untiled statistics exactly.
+    Holds every tile's activations at once (like the untiled run), so it is for sizes that fit.
+  - ``fast``: the statistics are recorded once on a downscaled copy of the input; tiles then run one
+    at a time with them: memory of one tile, statistics approximate.
+  OSEDiff's VAEHook averages per-tile statistics that include the padding, and diffusers'
+  ``enable_tiling`` normalises each tile alone (tone jumps); both are what this improves on.
+* :func:`with_oom_retry` halves the tile on an out-of-memory error, down to a floor.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from .errors import InvalidInputError
+from .errors import DeviceError, InvalidInputError
 
-__all__ = ["plan_axis", "blend_window", "tiled_apply"]
+__all__ = [
+    "Tile", "plan_axis", "plan_tiles", "blend_window", "gaussian_window", "tiled_apply", "tiled_vae",
+    "shared_group_norm", "record_group_norm", "is_out_of_memory", "with_oom_retry", "TilingMode",
+]
+
+TilingMode = Literal["exact", "fast", "off"]
 
 
 def plan_axis(length: int, tile: int, overlap: int, *, align: int = 1) -> list[tuple[int, int]]:
     """Split [0, length) into tiles of ``tile`` samples overlapping by at least ``overlap``.
 
-    Tile starts are multiples of ``align`` where possible; the last tile ends exactly at ``length``
-    (it is shifted back rather than cut short). One tile when ``tile >= length``.
+    Tile starts are multiples of ``align`` (the last tile too when ``length`` is); the last tile ends
+    exactly at ``length`` (shifted back rather than cut short). One tile when ``tile >= length``.
     """
     if tile <= 0 or overlap < 0 or overlap >= tile:
         raise InvalidInputError(f"`tile` must be > `overlap` >= 0, got tile {tile}, overlap {overlap}.")
@@ -30,6 +55,42 @@ def plan_axis(length: int, tile: int, overlap: int, *, align: int = 1) -> list[t
     stride = max(align, (tile - overlap) // align * align)
     starts = list(range(0, length - tile, stride)) + [length - tile]
     return [(s, s + tile) for s in sorted(set(starts))]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile: its box [top, bottom) x [left, right); its context box (the box plus real image
+    around it, what the network sees); and the part of the image it owns (the tiles' owned parts
+    partition the image, split in the middle of each overlap: statistics count every pixel once)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    c_top: int
+    c_bottom: int
+    c_left: int
+    c_right: int
+    o_top: int
+    o_bottom: int
+    o_left: int
+    o_right: int
+
+
+def _owned(spans: list[tuple[int, int]], align: int) -> list[tuple[int, int]]:
+    cuts = [0] + [((end + start) // 2) // align * align for (_, end), (start, _) in zip(spans, spans[1:])] + [spans[-1][1]]
+    return list(zip(cuts, cuts[1:]))
+
+
+def plan_tiles(height: int, width: int, *, tile: int, overlap: int, context: int = 0, align: int = 1) -> list[Tile]:
+    """2-D tiles of at most ``tile`` x ``tile`` with ``context`` pixels of real image around each."""
+    rows, cols = plan_axis(height, tile, overlap, align=align), plan_axis(width, tile, overlap, align=align)
+    tiles = []
+    for (top, bottom), (o_top, o_bottom) in zip(rows, _owned(rows, align)):
+        for (left, right), (o_left, o_right) in zip(cols, _owned(cols, align)):
+            tiles.append(Tile(top, bottom, left, right, max(0, top - context), min(height, bottom + context),
+                              max(0, left - context), min(width, right + context), o_top, o_bottom, o_left, o_right))
+    return tiles
 
 
 def blend_window(size: int, start: int, end: int, length: int, overlap: int) -> torch.Tensor:
@@ -51,46 +112,308 @@ def blend_window(size: int, start: int, end: int, length: int, overlap: int) -> 
     return weights
 
 
+def gaussian_window(size: int, start: int, end: int, length: int, overlap: int) -> torch.Tensor:
+    """OSEDiff's latent-tile weights: a Gaussian with sigma 0.1 * size centred at (size - 1) / 2 (the
+    symmetric centre PiSA-SR uses). Never zero, so any coverage normalises."""
+    x = torch.arange(size, dtype=torch.float64)
+    mid = (size - 1) / 2
+    return torch.exp(-((x - mid) ** 2) / (2 * (0.1 * size) ** 2)) + 1e-12
+
+
+Window = Callable[[int, int, int, int, int], torch.Tensor]
+
+
+def _scaled(value: int, scale: Fraction, what: str) -> int:
+    out = value * scale
+    if out.denominator != 1:
+        raise InvalidInputError(f"{what} {value} is not a multiple of {scale.denominator}; align the tiles.")
+    return int(out)
+
+
+def _blend(pieces: Iterator[tuple[Tile, torch.Tensor]], height: int, width: int, *, overlap: int, scale: Fraction,
+           window: Window) -> torch.Tensor:
+    out_h, out_w = _scaled(height, scale, "height"), _scaled(width, scale, "width")
+    out: torch.Tensor | None = None
+    total = torch.zeros(1, 1, out_h, out_w, dtype=torch.float64)
+    ov = max(0, int(overlap * scale))
+    for tile, piece in pieces:
+        t, b, l, r = (_scaled(v, scale, "tile edge") for v in (tile.top, tile.bottom, tile.left, tile.right))
+        oy, ox = _scaled(tile.top - tile.c_top, scale, "context"), _scaled(tile.left - tile.c_left, scale, "context")
+        piece = piece[..., oy : oy + (b - t), ox : ox + (r - l)].float()
+        if out is None:
+            out = torch.zeros(piece.shape[0], piece.shape[1], out_h, out_w)
+        weight = window(b - t, t, b, out_h, ov)[:, None] * window(r - l, l, r, out_w, ov)[None, :]
+        out[..., t:b, l:r] += piece.cpu() * weight.float()
+        total[..., t:b, l:r] += weight
+    if out is None:
+        raise InvalidInputError("nothing to tile: the image is empty.")
+    return out / total.float()
+
+
 def tiled_apply(
     fn: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     *,
     tile: int,
     overlap: int,
-    scale: int = 1,
+    scale: int | Fraction = 1,
     context: int = 0,
+    align: int = 1,
+    window: Window = blend_window,
+    batch: int = 1,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Apply ``fn`` ((N, C, h, w) -> (N, C', h*scale, w*scale)) over tiles of ``x`` and blend.
 
     Each tile's input is extended by ``context`` pixels of real image on every side that has image
     (the extra output is cropped off), so a network whose receptive radius is at most ``context``
-    gives the untiled result; the overlap then only feathers float noise. The output equals
-    ``fn(x)`` exactly for pointwise functions. Tiles run one at a time; the result is float32.
+    gives the untiled result; the overlap then only feathers. Equal-sized tiles are passed to ``fn``
+    ``batch`` at a time (concatenated on dim 0; only for N = 1). Pointwise functions come out exactly.
+    The result is float32 on the CPU; one tile (or batch) lives on the device at a time.
+    """
+    scale = Fraction(scale)
+    height, width = x.shape[-2:]
+    tiles = plan_tiles(height, width, tile=tile, overlap=overlap, context=context, align=align)
+    if len(tiles) == 1:
+        return fn(x).float().cpu()
+
+    def pieces() -> Iterator[tuple[Tile, torch.Tensor]]:
+        groups: dict[tuple[int, int], list[Tile]] = {}
+        for t in tiles:
+            groups.setdefault((t.c_bottom - t.c_top, t.c_right - t.c_left), []).append(t)
+        done = 0
+        for members in groups.values():
+            step = batch if x.shape[0] == 1 else 1
+            for start in range(0, len(members), step):
+                chunk = members[start : start + step]
+                inputs = torch.cat([x[..., t.c_top : t.c_bottom, t.c_left : t.c_right] for t in chunk])
+                outputs = fn(inputs)
+                for index, t in enumerate(chunk):
+                    done += 1
+                    if on_tile is not None:
+                        on_tile(done, len(tiles))
+                    yield t, outputs[index : index + 1] if len(chunk) > 1 else outputs
+
+    return _blend(pieces(), height, width, overlap=overlap, scale=scale, window=window)
+
+
+# ---------------------------------------------------------------------------------------------
+# GroupNorm statistics shared across tiles
+
+
+def _norm_with(x: torch.Tensor, norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """GroupNorm of ``x`` with given per-(sample, group) mean and variance (float64 stats)."""
+    n, c = x.shape[:2]
+    g = norm.num_groups
+    shaped = x.reshape(n, g, -1).float()
+    out = (shaped - mean.float()[..., None]) * torch.rsqrt(var.float()[..., None] + norm.eps)
+    out = out.reshape(x.shape)
+    if norm.affine:
+        out = out * norm.weight.float().view(1, c, *([1] * (x.dim() - 2))) + norm.bias.float().view(1, c, *([1] * (x.dim() - 2)))
+    return out.to(x.dtype)
+
+
+def _sums(x: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    n = x.shape[0]
+    flat = x.reshape(n, groups, -1).double()
+    return flat.sum(-1), (flat * flat).sum(-1), flat.shape[-1]
+
+
+@contextmanager
+def _patched_norms(module: nn.Module, forward: Callable[[nn.GroupNorm, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    norms = [m for m in module.modules() if isinstance(m, nn.GroupNorm)]
+    originals = [m.forward for m in norms]
+    for norm in norms:
+        norm.forward = (lambda n: (lambda x: forward(n, x)))(norm)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for norm, original in zip(norms, originals):
+            norm.forward = original  # type: ignore[method-assign]
+
+
+@contextmanager
+def record_group_norm(module: nn.Module, store: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[None]:
+    """Run ``module`` normally while appending each GroupNorm call's (mean, var) to ``store``."""
+
+    def forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        s, s2, count = _sums(x, norm.num_groups)
+        mean = s / count
+        var = (s2 / count - mean * mean).clamp_min(0)
+        store.append((mean, var))
+        return _norm_with(x, norm, mean, var)
+
+    with _patched_norms(module, forward):
+        yield
+
+
+@contextmanager
+def shared_group_norm(module: nn.Module, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> Iterator[Callable[[], None]]:
+    """Run ``module`` with every GroupNorm call normalising with ``stats[k]`` (k = call order within
+    one forward). Yields ``restart``: call it before each forward."""
+    counter = threading.local()
+
+    def restart() -> None:
+        counter.index = 0
+
+    def forward(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        index = getattr(counter, "index", 0)
+        counter.index = index + 1
+        mean, var = stats[index]
+        return _norm_with(x, norm, mean.to(x.device), var.to(x.device))
+
+    with _patched_norms(module, forward):
+        yield restart
+
+
+class _Lockstep:
+    """Shared statistics by lockstep: one thread per tile, a barrier at every GroupNorm call; each
+    tile adds the sums over the part of the image it owns, so the statistics are those of the union
+    of the tiles' owned parts (the whole image when every tile takes part). The statistics used at
+    each call are kept in ``stats`` for tiles that run later, alone."""
+
+    def __init__(self, tiles: list[Tile]) -> None:
+        self.tiles = tiles
+        self.barrier = threading.Barrier(len(tiles))
+        self.lock = threading.Lock()
+        self.partials: dict[int, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
+        self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.local = threading.local()
+
+    def forward(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+        tile: Tile = self.local.tile
+        index = self.local.index
+        self.local.index += 1
+        height, width = tile.c_bottom - tile.c_top, tile.c_right - tile.c_left
+        if x.dim() == 3:  # attention's GroupNorm sees (N, C, H*W)
+            s = Fraction(math.isqrt(x.shape[-1] * height * width), height * width)
+            grid = x.reshape(x.shape[0], x.shape[1], int(height * s), int(width * s))
+        else:
+            s, grid = Fraction(x.shape[-2], height), x  # activation pixels per input pixel at this layer
+        t, l = int((tile.o_top - tile.c_top) * s), int((tile.o_left - tile.c_left) * s)
+        b, r = int((tile.o_bottom - tile.c_top) * s), int((tile.o_right - tile.c_left) * s)
+        partial = _sums(grid[..., t:b, l:r], norm.num_groups)
+        with self.lock:
+            self.partials.setdefault(index, []).append(partial)
+        self.barrier.wait()
+        with self.lock:
+            if index not in self.stats:
+                parts = self.partials[index]
+                total = sum(p[2] for p in parts)
+                mean = sum(p[0] for p in parts) / total
+                self.stats[index] = (mean, (sum(p[1] for p in parts) / total - mean * mean).clamp_min(0))
+            mean, var = self.stats[index]
+        return _norm_with(x, norm, mean.to(x.device), var.to(x.device))
+
+    def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+        results: list[torch.Tensor | None] = [None] * len(self.tiles)
+        errors: list[BaseException] = []
+
+        def worker(position: int, tile: Tile) -> None:
+            self.local.tile, self.local.index = tile, 0
+            try:
+                with torch.inference_mode():
+                    results[position] = fn(x[..., tile.c_top : tile.c_bottom, tile.c_left : tile.c_right]).cpu()
+            except threading.BrokenBarrierError:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=worker, args=(i, t), daemon=True) for i, t in enumerate(self.tiles)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        return [r for r in results if r is not None]
+
+
+def _spread(tiles: list[Tile], count: int) -> list[int]:
+    """Indices of ``count`` tiles spread evenly over the list (row-major order)."""
+    if count >= len(tiles):
+        return list(range(len(tiles)))
+    return sorted({round(i * (len(tiles) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(tiles) // 2]
+
+
+def tiled_vae(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    module: nn.Module,
+    x: torch.Tensor,
+    *,
+    scale: Fraction,
+    tile: int,
+    overlap: int,
+    context: int,
+    mode: TilingMode,
+    align: int = 8,
+    sample_tiles: int = 4,
+    on_tile: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Run a VAE encoder (``scale`` 1/8) or decoder (8) ``fn`` over tiles of ``x`` with the
+    GroupNorms of ``module`` sharing statistics across tiles.
+
+    ``exact``: every tile in lockstep, statistics of the whole image (memory of the whole image).
+    ``fast``: ``sample_tiles`` tiles spread over the image run in lockstep and their statistics are
+    used by the others, which then run one at a time (memory of ``sample_tiles`` tiles). Estimating
+    from full-resolution tiles avoids the bias of estimating on a downscaled copy, which averages
+    texture away and underestimates every variance. ``tile``, ``overlap``, ``context`` are in input
+    pixels, multiples of ``align``.
     """
     height, width = x.shape[-2:]
-    rows, cols = plan_axis(height, tile, overlap), plan_axis(width, tile, overlap)
-    if len(rows) == 1 and len(cols) == 1:
-        return fn(x).float()
-    out: torch.Tensor | None = None
-    total = torch.zeros(1, 1, height * scale, width * scale, dtype=torch.float64)
-    count, done = len(rows) * len(cols), 0
-    for top, bottom in rows:
-        wy = blend_window((bottom - top) * scale, top * scale, bottom * scale, height * scale, overlap * scale)
-        for left, right in cols:
-            wx = blend_window((right - left) * scale, left * scale, right * scale, width * scale, overlap * scale)
-            c_top, c_left = max(0, top - context), max(0, left - context)
-            c_bottom, c_right = min(height, bottom + context), min(width, right + context)
-            piece = fn(x[..., c_top:c_bottom, c_left:c_right]).float()
-            oy, ox = (top - c_top) * scale, (left - c_left) * scale
-            piece = piece[..., oy : oy + (bottom - top) * scale, ox : ox + (right - left) * scale]
-            if out is None:
-                out = torch.zeros(piece.shape[0], piece.shape[1], height * scale, width * scale)
-            weight = (wy[:, None] * wx[None, :]).float()
-            out[..., top * scale : bottom * scale, left * scale : right * scale] += piece * weight
-            total[..., top * scale : bottom * scale, left * scale : right * scale] += weight.double()
-            done += 1
-            if on_tile is not None:
-                on_tile(done, count)
-    assert out is not None
-    return out / total.float()
+    if mode == "off" or (height <= tile and width <= tile):
+        return fn(x).float().cpu()
+    tiles = plan_tiles(height, width, tile=tile, overlap=overlap, context=context, align=align)
+    chosen = list(range(len(tiles))) if mode == "exact" else _spread(tiles, sample_tiles)
+    lockstep = _Lockstep([tiles[i] for i in chosen])
+    with _patched_norms(module, lockstep.forward):
+        first = lockstep.run(fn, x)
+    if on_tile is not None:
+        on_tile(len(chosen), len(tiles))
+    done = dict(zip(chosen, first))
+
+    def pieces() -> Iterator[tuple[Tile, torch.Tensor]]:
+        stats = [lockstep.stats[k] for k in range(len(lockstep.stats))]
+        with shared_group_norm(module, stats) as restart:
+            for index, t in enumerate(tiles):
+                if index in done:
+                    yield t, done.pop(index)
+                    continue
+                restart()
+                with torch.inference_mode():
+                    yield t, fn(x[..., t.c_top : t.c_bottom, t.c_left : t.c_right]).cpu()
+                if on_tile is not None:
+                    on_tile(len(chosen) + index + 1 - sum(1 for c in chosen if c <= index), len(tiles))
+
+    return _blend(pieces(), height, width, overlap=overlap, scale=scale, window=blend_window)
+
+
+# ---------------------------------------------------------------------------------------------
+# out-of-memory recovery
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError) or isinstance(exc, MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def with_oom_retry(run: Callable[[int], torch.Tensor], *, tile: int, floor: int, what: str, flag: str) -> torch.Tensor:
+    """Call ``run(tile)``; on out-of-memory halve the tile and retry down to ``floor``, then fail
+    naming the sizes and the flag to change."""
+    current = tile
+    while True:
+        try:
+            return run(current)
+        except BaseException as exc:  # noqa: BLE001 - only out-of-memory is handled
+            if not is_out_of_memory(exc):
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            if current // 2 < floor:
+                raise DeviceError(
+                    f"out of memory in {what} even with tiles of {current} px (floor {floor}); lower `{flag}`, "
+                    "use `--tiling fast`, `--dtype bf16`, or a smaller image."
+                ) from exc
+            current //= 2

@@ -158,3 +158,15 @@ def test_sweep_writes_a_labelled_contact_sheet(tmp_path: Path, ctsr_student_path
     assert np.abs(columns[0] - columns[2]).max() > 0
     assert _run("sweep", str(source), "-o", str(sheet), "--model", str(ctsr_student_path)).exit_code == 2  # exists
     assert _run("sweep", str(source), "-o", str(tmp_path / "s2.png"), "--model", str(student_path)).exit_code == 2  # no knob
+
+
+def test_tiling_flags_reach_the_pipeline(tmp_path: Path, student_path: Path) -> None:
+    source = _photo(tmp_path / "in.png", (40, 32))
+    result = _run("upscale", str(source), "-o", str(tmp_path / "o.png"), "--model", str(student_path), "--scale", "2",
+                  "--tiling", "exact", "--vae-tile", "64", "--tile", "16", "--tile-overlap", "4", "--memory-budget", "2")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o.png").size == (80, 64)
+    result = _run("upscale", str(source), "-o", str(tmp_path / "p.png"), "--model", str(student_path), "--vae-tile", "100")
+    assert result.exit_code == 2 and "multiple of 64" in result.output
+    result = _run("upscale", str(source), "-o", str(tmp_path / "q.png"), "--model", str(student_path), "--tiling", "sideways")
+    assert result.exit_code == 2 and "`tiling`" in result.output

@@ -30,14 +30,14 @@ def test_sweep_reuses_one_velocity_and_is_linear_in_t(ctsr_upscaler, monkeypatch
     calls: list[int] = []
     original = model.velocity
 
-    def counting(z: torch.Tensor, timestep: int) -> torch.Tensor:
+    def counting(z: torch.Tensor, timestep: int, **kwargs: object) -> torch.Tensor:
         calls.append(timestep)
-        return original(z, timestep)
+        return original(z, timestep, **kwargs)
 
     monkeypatch.setattr(model, "velocity", counting)
     latents: list[torch.Tensor] = []
     original_decode = model.decode
-    monkeypatch.setattr(model, "decode", lambda z: latents.append(z) or original_decode(z))
+    monkeypatch.setattr(model, "decode", lambda z, **kw: latents.append(z) or original_decode(z, **kw))
     ts = [0.0, 0.25, 0.5, 0.75, 1.0]
     outs = ctsr_upscaler.upscale_tensor(_image(), t=ts, scale=1, color_fix="none")
     assert calls == [0]  # one ctrl UNet call at tau(0) for the whole sweep
@@ -75,7 +75,7 @@ def test_knob_steps_integrate_with_euler(ctsr_upscaler, monkeypatch: pytest.Monk
     model, knob = ctsr_upscaler.model, ctsr_upscaler.knob
     latents: list[torch.Tensor] = []
     original_decode = model.decode
-    monkeypatch.setattr(model, "decode", lambda z: latents.append(z) or original_decode(z))
+    monkeypatch.setattr(model, "decode", lambda z, **kw: latents.append(z) or original_decode(z, **kw))
     x = _image()
     ctsr_upscaler.upscale_tensor(x, t=[0.0, 0.6], scale=1, color_fix="none", knob_steps=3)
     z0, z_end = latents

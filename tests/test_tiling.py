@@ -56,3 +56,11 @@ def test_convolution_through_tiles_matches_within_the_overlap() -> None:
     # a 5x5 conv is wrong on the 2 px next to a tile edge; the 2-px zero-weight margin of an 8-px
     # overlap discards exactly those, so the tiled result is the untiled one
     assert torch.allclose(full, tiled, atol=1e-5)
+
+
+def test_gaussian_window_blending_is_exact_for_pointwise_functions() -> None:
+    from ctsr_infer.tiling import gaussian_window
+
+    x = torch.rand(1, 4, 37, 53)
+    out = tiled_apply(lambda t: t * 3 - 1, x, tile=16, overlap=6, window=gaussian_window, batch=3)
+    assert torch.allclose(out, x * 3 - 1, atol=1e-5)

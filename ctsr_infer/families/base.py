@@ -1,13 +1,25 @@
-"""What every family shares: the options of one call."""
+"""What every family shares: the options of one call, and the tiling plan of the SD stages."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
-from ..colorfix import ColorFix
+import torch
 
-__all__ = ["RunOptions"]
+from ..colorfix import ColorFix
+from ..errors import InvalidInputError
+from ..tiling import TilingMode, plan_tiles
+
+__all__ = ["RunOptions", "TilePlan", "default_memory_budget", "VAE_BYTES_PER_PIXEL"]
+
+TilingChoice = Literal["auto", "exact", "fast", "off"]
+VAE_BYTES_PER_PIXEL = 2048
+"""Peak VAE activation bytes per image pixel in fp32 (SD's decoder: about 512 channels of float32
+live at full resolution in its last up block)."""
+UNET_BYTES_PER_LATENT_PIXEL = 64 * 1024
+"""Rough peak UNet activation bytes per latent pixel in fp32 (SD 2.1's UNet, SDPA attention)."""
 
 
 @dataclass(frozen=True)
@@ -21,3 +33,67 @@ class RunOptions:
     encode: Literal["mean", "sample"]
     bit_depth: int = 32
     """Bit depth of the source pixels; 8-bit sources are resampled exactly as OSEDiff does."""
+    tiling: TilingChoice = "auto"
+    tile: int | None = None
+    """Latent tile (latent pixels) of the UNet, or the input tile of a lite student."""
+    tile_overlap: int | None = None
+    vae_tile: int | None = None
+    """VAE tile in image pixels."""
+    memory_budget: float | None = None
+    """Bytes the tiler may plan for; None: half the RAM (CPU) or 80% of the GPU's memory."""
+
+
+def default_memory_budget(device: torch.device) -> float:
+    if device.type == "cuda":
+        return 0.8 * torch.cuda.get_device_properties(device).total_memory
+    try:
+        return 0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8e9
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How the SD stages tile one image. Tiling switches on only when the image does not fit."""
+
+    vae_mode: TilingMode
+    vae_tile: int
+    """Image pixels per VAE tile side (encoder input, decoder output); a multiple of 64."""
+    vae_overlap: int
+    vae_context: int
+    vae_sample_tiles: int
+    """fast mode: how many tiles run in lockstep to measure the GroupNorm statistics (all that fit)."""
+    latent_tile: int
+    latent_overlap: int
+    latent_batch: int
+
+    @classmethod
+    def untiled(cls) -> TilePlan:
+        big = 1 << 30
+        return cls("off", big, 0, 0, 1, big, 0, 1)
+
+    @classmethod
+    def decide(cls, height: int, width: int, options: RunOptions, *, vae_bytes: int, device: torch.device) -> TilePlan:
+        """Plan for an image of ``height`` x ``width`` pixels (multiples of 8)."""
+        budget = options.memory_budget or default_memory_budget(device)
+        vae_tile = options.vae_tile or 512
+        latent_tile = options.tile or 96
+        latent_overlap = 32 if options.tile_overlap is None else options.tile_overlap
+        if vae_tile < 64 or vae_tile % 64:
+            raise InvalidInputError(f"`vae_tile` must be a multiple of 64 pixels (>= 64), got {vae_tile}.")
+        if latent_tile < 16 or not 0 <= latent_overlap < latent_tile:
+            raise InvalidInputError(f"`tile` must be >= 16 latent pixels and `tile_overlap` in [0, tile), got {latent_tile}, {latent_overlap}.")
+        if options.tiling == "off":
+            return cls.untiled()
+        vae_overlap, context = min(64, vae_tile // 4) // 8 * 8, 64
+        total = len(plan_tiles(height, width, tile=vae_tile, overlap=vae_overlap, align=8))
+        per_tile = (vae_tile + 2 * context) ** 2 * VAE_BYTES_PER_PIXEL * vae_bytes / 4
+        fit = int(budget // per_tile)
+        if max(height, width) <= vae_tile:
+            vae_mode: TilingMode = "off"
+        elif options.tiling in ("exact", "fast"):
+            vae_mode = options.tiling
+        else:  # exact when every tile fits at once, else fast with as many statistics tiles as fit
+            vae_mode = "exact" if fit >= total else "fast"
+        batch = int(max(1, min(4, budget // (latent_tile**2 * UNET_BYTES_PER_LATENT_PIXEL))))
+        return cls(vae_mode, vae_tile, vae_overlap, context, max(4, min(fit, total)), latent_tile, latent_overlap, batch)

@@ -72,8 +72,8 @@ class LiteStudent:
     """A loaded lite student."""
 
     family = "lite"
-    options: tuple[str, ...] = ()
-    """The family-specific options this family reads (none: t, scale and colour fix are generic)."""
+    options: tuple[str, ...] = ("tile", "tile_overlap")
+    """The family-specific options this family reads (input tile and its overlap, in input pixels)."""
     tile = 256
     """Input tile size (pixels) for large images."""
     overlap = 8
@@ -102,7 +102,8 @@ class LiteStudent:
         self.placement = placement
         self.net = self.net.eval().requires_grad_(False).to(placement.device, placement.dtype)
 
-    def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None, tile: int | None = None,
+             overlap: int | None = None) -> torch.Tensor:
         device, dtype = self.placement.device, self.placement.dtype
 
         def network(piece: torch.Tensor) -> torch.Tensor:
@@ -112,8 +113,8 @@ class LiteStudent:
         def on_tile(done: int, total: int) -> None:
             emit(on_progress, "network", done, total)
 
-        return tiled_apply(network, x, tile=self.tile, overlap=self.overlap, scale=self.net.scale,
-                            context=self.context, on_tile=on_tile)
+        return tiled_apply(network, x, tile=tile or self.tile, overlap=self.overlap if overlap is None else overlap,
+                           scale=self.net.scale, context=self.context, on_tile=on_tile)
 
     @torch.inference_mode()
     def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
@@ -124,7 +125,7 @@ class LiteStudent:
         reference = None
         for t in values:
             emit(on_progress, "network", 0, 1)
-            out = self._run(lr, t, on_progress)
+            out = self._run(lr, t, on_progress, options.tile, options.tile_overlap)
             check_finite(out, "the network output")
             out = out.clamp(0.0, 1.0)
             if tuple(out.shape[-2:]) != size:

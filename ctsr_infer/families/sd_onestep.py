@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,8 @@ from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError
 from ..image import resize_bicubic
 from ..lora import fuse, lora_delta
 from ..progress import ProgressCallback, emit
-from .base import RunOptions
+from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
+from .base import RunOptions, TilePlan
 
 __all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt", "pad_to_multiple"]
 
@@ -132,7 +134,7 @@ class SDOneStep:
     """A loaded sd-onestep student: plain diffusers modules with the SR LoRA fused in."""
 
     family = "sd-onestep"
-    options = ("knob_steps", "seed", "encode")
+    options = ("knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget")
     """The family-specific options this family reads."""
 
     def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
@@ -172,6 +174,8 @@ class SDOneStep:
         self.unet = nn.Module.to(unet, device=placement.device, dtype=placement.dtype)
         self.vae = nn.Module.to(vae, device=placement.device, dtype=placement.vae_dtype)
         self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
+        if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
+            raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
 
     @staticmethod
     def _apply_overrides(module: nn.Module, overrides: Mapping[str, torch.Tensor], component: str, unet: nn.Module, vae: nn.Module) -> None:
@@ -199,9 +203,6 @@ class SDOneStep:
             )
         return layer
 
-        if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
-            raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
-
     # -- one call: upsample, pad, encode, denoise, knob, decode, colour fix ------------------------
 
     @torch.inference_mode()
@@ -220,26 +221,26 @@ class SDOneStep:
         if options.encode == "sample":
             generator = torch.Generator(device=device)
             generator.manual_seed(options.seed if options.seed is not None else int(torch.seed() % (2**63)))
+        plan = self.plan(padded.shape[-2], padded.shape[-1], options)
         emit(on_progress, "encode", 0, 1)
-        latents = self.encode(padded.to(device), generator=generator, mode=options.encode)
+        latents = self.encode(padded, generator=generator, mode=options.encode, plan=plan, on_progress=on_progress)
         check_finite(latents, "the encoded latent")
-        emit(on_progress, "encode", 1, 1)
         emit(on_progress, "denoise", 0, 1)
-        z0 = self.denoise(latents)
+        z0 = self.denoise(latents, plan=plan, on_progress=on_progress)
         check_finite(z0, "the denoised latent")
-        emit(on_progress, "denoise", 1, 1)
-        finals = self.apply_knob(z0, ts, options.knob_steps, on_progress)
+        finals = self.apply_knob(z0, ts, options.knob_steps, on_progress, plan=plan)
         outputs: list[torch.Tensor] = []
         for index, z in enumerate(finals):
-            emit(on_progress, "decode", index, len(finals))
-            image = self.decode(z)
+            emit(on_progress, "decode", 0, 1)
+            image = self.decode(z, plan=plan, on_progress=on_progress)
             check_finite(image, "the decoded image")
             image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
             outputs.append(color_fix(image, upsampled, options.color_fix))
         emit(on_progress, "decode", len(finals), len(finals))
         return outputs
 
-    def apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+    def apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None = None,
+                   *, plan: TilePlan | None = None) -> list[torch.Tensor]:
         """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1)."""
         if ts is None:
             return [z0]
@@ -250,7 +251,7 @@ class SDOneStep:
         emit(on_progress, "knob", 0, calls)
         velocity = None
         if steps == 1 and positive:
-            velocity = self.velocity(z0, knob.tau(0.0))
+            velocity = self.velocity(z0, knob.tau(0.0), plan=plan, on_progress=on_progress)
             check_finite(velocity, "the knob velocity")
             done = 1
             emit(on_progress, "knob", done, calls)
@@ -263,7 +264,7 @@ class SDOneStep:
             else:
                 z, dt = z0, t / steps
                 for k in range(steps):
-                    v = self.velocity(z, knob.tau(k * dt))
+                    v = self.velocity(z, knob.tau(k * dt), plan=plan, on_progress=on_progress)
                     check_finite(v, "the knob velocity")
                     z = z + dt * v
                     done += 1
@@ -271,22 +272,45 @@ class SDOneStep:
                 finals.append(z)
         return finals
 
-    # -- the three stages, each a separate call so tiling can wrap them ----------------------
+    # -- the stages; each tiles itself according to the plan ----------------------------------
 
-    def encode(self, image: torch.Tensor, *, generator: torch.Generator | None = None, mode: str = "mean") -> torch.Tensor:
+    def plan(self, height: int, width: int, options: RunOptions) -> TilePlan:
+        """Decide the tiling of an image of ``height`` x ``width`` padded pixels (see :class:`TilePlan`)."""
+        return TilePlan.decide(height, width, options, vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8,
+                               device=self.placement.device)
+
+    def encode(self, image: torch.Tensor, *, generator: torch.Generator | None = None, mode: str = "mean",
+               plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1], H and W multiples of 8 -> scaled latents (N, 4, H/8, W/8)."""
-        posterior = self.vae.encode(image.to(self.placement.device, self.placement.vae_dtype)).latent_dist
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        vae, device, dtype = self.vae, self.placement.device, self.placement.vae_dtype
+        plan = plan or TilePlan.untiled()
+
+        def run(tile: int) -> torch.Tensor:
+            def encoder(x: torch.Tensor) -> torch.Tensor:
+                return vae.encoder(x.to(device, dtype))
+
+            return tiled_vae(encoder, vae.encoder, image, scale=Fraction(1, 8), tile=tile, overlap=plan.vae_overlap,
+                             context=plan.vae_context, mode=plan.vae_mode, align=8, sample_tiles=plan.vae_sample_tiles,
+                             on_tile=lambda d, n: emit(on_progress, "encode", d, n))
+
+        hidden = with_oom_retry(run, tile=plan.vae_tile, floor=64, what="the VAE encoder", flag="--vae-tile").to(device, dtype)
+        moments = vae.quant_conv(hidden) if vae.quant_conv is not None else hidden
+        posterior = DiagonalGaussianDistribution(moments)
         latents = posterior.sample(generator=generator) if mode == "sample" else posterior.mean
-        return latents * VAE_SCALING
+        return latents.float() * VAE_SCALING
 
-    def denoise(self, latents: torch.Tensor) -> torch.Tensor:
-        """One UNet call at the student's timestep; returns z0 (float32) in closed form."""
+    def denoise(self, latents: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
+        """One UNet call (tiled by the plan) at the student's timestep; returns z0 (float32) in closed form."""
         timestep = self.meta.timestep
-        eps = self._unet(latents, timestep)
-        return predict_x0(latents, eps, self.alphas_cumprod, timestep)
+        eps = self._tiled_unet(lambda z: self._unet(z, timestep), latents, plan, on_progress, "denoise")
+        return predict_x0(latents, eps.to(latents.device), self.alphas_cumprod, timestep)
 
-    def velocity(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
-        """eps of the UNet with the ctrl LoRA on top of the fused stage-1 weights (float32)."""
+    def velocity(self, latents: torch.Tensor, timestep: int, *, plan: TilePlan | None = None,
+                 on_progress: ProgressCallback | None = None) -> torch.Tensor:
+        """eps of the UNet with the ctrl LoRA on top of the fused stage-1 weights (float32), tiled
+        with the same plan as the SR step."""
         from torch.func import functional_call
 
         params = dict(self.unet.named_parameters())
@@ -294,24 +318,50 @@ class SDOneStep:
             name: fuse(params[name], lora_delta(a, b, scale=scale).to(params[name].device), key=name)
             for name, (a, b, scale) in self.ctrl.items()
         }
-        batch = latents.shape[0]
-        return functional_call(
-            self.unet,
-            overrides,
-            (latents.to(self.placement.dtype), torch.full((batch,), timestep, device=latents.device, dtype=torch.long)),
-            {"encoder_hidden_states": self.prompt_embeds.expand(batch, -1, -1)},
-            strict=False,
-        ).sample.float()
 
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> image in [-1, 1] (float32, clamped)."""
-        image = self.vae.decode(latents.to(self.placement.vae_dtype) / VAE_SCALING).sample
+        def run(z: torch.Tensor) -> torch.Tensor:
+            batch = z.shape[0]
+            return functional_call(
+                self.unet, overrides,
+                (z.to(self.placement.device, self.placement.dtype), torch.full((batch,), timestep, device=self.placement.device, dtype=torch.long)),
+                {"encoder_hidden_states": self.prompt_embeds.expand(batch, -1, -1)}, strict=False,
+            ).sample.float()
+
+        return self._tiled_unet(run, latents, plan, on_progress, "knob").to(latents.device)
+
+    def decode(self, latents: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
+        """Scaled latents -> image in [-1, 1] (float32, clamped, on the CPU)."""
+        vae, device, dtype = self.vae, self.placement.device, self.placement.vae_dtype
+        plan = plan or TilePlan.untiled()
+        z = latents.to(device, dtype) / VAE_SCALING
+        z = vae.post_quant_conv(z) if vae.post_quant_conv is not None else z
+
+        def run(tile: int) -> torch.Tensor:
+            def decoder(x: torch.Tensor) -> torch.Tensor:
+                return vae.decoder(x.to(device, dtype))
+
+            return tiled_vae(decoder, vae.decoder, z, scale=Fraction(8), tile=max(1, tile // 8), overlap=plan.vae_overlap // 8,
+                             context=plan.vae_context // 8, mode=plan.vae_mode, align=1, sample_tiles=plan.vae_sample_tiles,
+                             on_tile=lambda d, n: emit(on_progress, "decode", d, n))
+
+        image = with_oom_retry(run, tile=plan.vae_tile, floor=64, what="the VAE decoder", flag="--vae-tile")
         return image.float().clamp(-1.0, 1.0)
+
+    def _tiled_unet(self, fn: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, plan: TilePlan | None,
+                    on_progress: ProgressCallback | None, stage: str) -> torch.Tensor:
+        plan = plan or TilePlan.untiled()
+
+        def run(tile: int) -> torch.Tensor:
+            return tiled_apply(fn, latents, tile=tile, overlap=min(plan.latent_overlap, tile // 2), window=gaussian_window,
+                               batch=plan.latent_batch, on_tile=lambda d, n: emit(on_progress, stage, d, n))
+
+        return with_oom_retry(run, tile=plan.latent_tile, floor=16, what="the UNet", flag="--tile")
 
     def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         batch = latents.shape[0]
-        timesteps = torch.full((batch,), timestep, device=latents.device, dtype=torch.long)
-        out = self.unet(latents.to(self.placement.dtype), timesteps, encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1))
+        timesteps = torch.full((batch,), timestep, device=self.placement.device, dtype=torch.long)
+        out = self.unet(latents.to(self.placement.device, self.placement.dtype), timesteps,
+                        encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1))
         return out.sample.float()
 
     @contextmanager

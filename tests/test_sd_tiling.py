@@ -1,0 +1,124 @@
+"""Tiling of the SD stages: shared GroupNorm statistics, tiled vs untiled, OOM recovery, the plan."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ctsr_infer.errors import DeviceError
+from ctsr_infer.families.base import RunOptions, TilePlan
+from ctsr_infer.metrics import psnr
+from ctsr_infer.tiling import _Lockstep, _patched_norms, plan_tiles, record_group_norm, tiled_vae, with_oom_retry
+from tiny import tiny_vae
+
+
+def _photo(height: int, width: int) -> torch.Tensor:
+    yy, xx = np.mgrid[0:height, 0:width] / 23.0
+    image = np.stack([np.sin(xx) * np.cos(yy / 2), np.cos(xx / 3 + yy), np.sin((xx + yy) / 5)], axis=0) * 0.45 + 0.5
+    return torch.from_numpy(image).float()[None] * 2 - 1
+
+
+def test_exact_statistics_equal_the_untiled_statistics() -> None:
+    vae = tiny_vae(attention=False)
+    image = _photo(160, 224)
+    untiled: list = []
+    with torch.inference_mode(), record_group_norm(vae.encoder, untiled):
+        vae.encoder(image)
+    # with a context as large as the image every tile sees the whole image, so any error is in how
+    # the tiles' sums are combined (counting overlaps twice, say)
+    lockstep = _Lockstep(plan_tiles(160, 224, tile=64, overlap=16, context=224, align=8))
+    with _patched_norms(vae.encoder, lockstep.forward):
+        lockstep.run(vae.encoder, image)
+    assert len(lockstep.stats) == len(untiled) == 13
+    for index, (mean, var) in enumerate(untiled):
+        got_mean, got_var = lockstep.stats[index]
+        assert torch.allclose(got_mean, mean, atol=1e-5) and torch.allclose(got_var, var, atol=1e-5), index
+
+
+def test_exact_tiled_vae_matches_untiled_and_beats_independent_tiles() -> None:
+    vae = tiny_vae(attention=False)
+    image = _photo(192, 256)
+    with torch.inference_mode():
+        reference = vae.encoder(image)
+        latent = vae.quant_conv(reference)[:, :4]
+        decoded = vae.decoder(latent)
+    enc = tiled_vae(vae.encoder, vae.encoder, image, scale=Fraction(1, 8), tile=64, overlap=16, context=128, mode="exact")
+    assert torch.allclose(enc, reference, atol=1e-4)
+    dec = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="exact", align=1)
+    as_image = lambda t: ((t.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()  # noqa: E731
+    assert psnr(as_image(dec), as_image(decoded)) > 60
+    # fast mode: statistics from a sample of the tiles; a random-weight VAE is far more sensitive to
+    # them than a trained one, so the bounds are loose, but more sampled tiles must do better
+    errors = []
+    for count in (4, 16):
+        fast = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="fast", align=1,
+                         sample_tiles=count)
+        errors.append(psnr(as_image(fast), as_image(decoded)))
+    assert errors[0] > 15 and errors[1] > errors[0] + 3
+
+
+def test_pipeline_tiled_against_untiled(tmp_path, base_dir) -> None:
+    import ctsr_infer
+    from ctsr_infer.checkpoints import StudentFile, StudentMeta, save_student
+    from tiny import prompt_embeds, write_base
+
+    base = write_base(tmp_path / "plain", attention=False)
+    student = save_student(StudentFile(StudentMeta(family="sd-onestep", base={"path": str(base)}), {"prompt_embeds": prompt_embeds()}),
+                           tmp_path / "s.safetensors")
+    up = ctsr_infer.load(student, device="cpu", dtype="fp32")
+    x = (_photo(96, 128) + 1) / 2
+    (untiled,) = up.upscale_tensor(x, scale=2, tiling="off", color_fix="none")
+    as_array = lambda t: t[0].permute(1, 2, 0).numpy()  # noqa: E731
+    events = []
+    (vae_tiled,) = up.upscale_tensor(x, scale=2, tiling="exact", vae_tile=64, color_fix="none", on_progress=events.append)
+    assert vae_tiled.shape == untiled.shape == (1, 3, 192, 256)
+    assert psnr(as_array(vae_tiled), as_array(untiled)) > 60  # exact shared statistics + 64 px of context
+    assert max(e.total for e in events if e.stage == "decode") > 1  # the VAE really ran in tiles
+    # UNet tiles blend eps with OSEDiff's Gaussian weights; z0 = 14.6 z - 14.6 eps amplifies any
+    # border effect, and a random tiny UNet has a receptive field as large as its 16-latent tiles
+    events.clear()
+    (unet_tiled,) = up.upscale_tensor(x, scale=2, tile=16, tile_overlap=8, color_fix="none", on_progress=events.append)
+    assert max(e.total for e in events if e.stage == "denoise") > 1
+    assert psnr(as_array(unet_tiled), as_array(untiled)) > 15
+
+
+def test_knob_velocity_is_tiled_with_the_same_plan(ctsr_upscaler) -> None:
+    events = []
+    ctsr_upscaler.upscale_tensor(torch.rand(1, 3, 96, 128), t=[0.0, 1.0], scale=2, tile=16, tile_overlap=4, on_progress=events.append)
+    denoise = max(e.total for e in events if e.stage == "denoise")
+    knob = [e for e in events if e.stage == "knob" and e.total > 1]
+    assert denoise > 1 and knob and max(e.total for e in knob) == denoise
+
+
+def test_oom_halves_the_tile_then_fails_clearly() -> None:
+    seen = []
+
+    def run(tile: int) -> torch.Tensor:
+        seen.append(tile)
+        if tile > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return torch.zeros(1)
+
+    with_oom_retry(run, tile=512, floor=64, what="the VAE decoder", flag="--vae-tile")
+    assert seen == [512, 256, 128, 64]
+    seen.clear()
+    with pytest.raises(DeviceError, match=r"--vae-tile.*|the VAE decoder.*--vae-tile"):
+        with_oom_retry(lambda tile: run(tile * 100), tile=512, floor=64, what="the VAE decoder", flag="--vae-tile")
+    with pytest.raises(ValueError):  # anything but out-of-memory passes through untouched
+        with_oom_retry(lambda tile: (_ for _ in ()).throw(ValueError("bug")), tile=512, floor=64, what="x", flag="--x")
+
+
+def test_plan_switches_tiling_on_only_when_needed() -> None:
+    options = RunOptions(scale=4, color_fix="none", knob_steps=1, seed=None, encode="mean")
+    small = TilePlan.decide(512, 512, options, vae_bytes=4, device=torch.device("cpu"))
+    assert small.vae_mode == "off"
+    big = TilePlan.decide(4096, 4096, RunOptions(**{**options.__dict__, "memory_budget": 12e9}), vae_bytes=4, device=torch.device("cpu"))
+    assert big.vae_mode == "fast"
+    mid = TilePlan.decide(1024, 1024, RunOptions(**{**options.__dict__, "memory_budget": 12e9}), vae_bytes=4, device=torch.device("cpu"))
+    assert mid.vae_mode == "exact"
+    assert 4 <= big.vae_sample_tiles < len(plan_tiles(4096, 4096, tile=512, overlap=64, align=8))
+    assert TilePlan.decide(4096, 4096, RunOptions(**{**options.__dict__, "tiling": "off"}), vae_bytes=4, device=torch.device("cpu")).vae_mode == "off"
