@@ -360,22 +360,25 @@ def models_convert(
 def train_lite_command(
     photos: Annotated[Path, typer.Option("--photos", help="Folder of photographs (scripts/fetch_photos.sh DEST -> DEST/raw).")],
     work: Annotated[Path, typer.Option("--work", help="Cache and output folder.")],
-    fidelity_steps: Annotated[int, typer.Option(help="Steps of the fidelity teacher.")] = 2000,
-    stage1_steps: Annotated[int, typer.Option(help="Steps of stage 1 (dual-teacher).")] = 2500,
-    stage2_steps: Annotated[int, typer.Option(help="Steps of stage 2 (the t path).")] = 1200,
-    batch: Annotated[int, typer.Option(help="Patches per step.")] = 12,
-    patches_per_image: Annotated[int, typer.Option(help="HR patches cut from each training photo.")] = 32,
-    seed: Annotated[int, typer.Option(help="Seed of data, degradations and initialisation.")] = 0,
+    fidelity_steps: Annotated[Optional[int], typer.Option(help="Steps of the fidelity teacher.")] = None,
+    stage1_steps: Annotated[Optional[int], typer.Option(help="Steps of stage 1 (dual-teacher).")] = None,
+    stage2_steps: Annotated[Optional[int], typer.Option(help="Steps of stage 2 (the t path).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Patches per step.")] = None,
+    patches_per_image: Annotated[Optional[int], typer.Option(help="HR patches cut from each training photo.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data, degradations and initialisation.")] = None,
 ) -> None:
-    """Distil Real-ESRGAN x4plus (realness) and an L1 network (fidelity) into ctsr-lite."""
+    """Distil Real-ESRGAN x4plus (realness) and an L1 network (fidelity) into ctsr-lite.
+
+    The defaults are the recipe of the shipped model (see the README's model card)."""
     try:
         from .train.lite import LiteConfig, train_lite
     except ImportError as exc:
         err.print(f"[red]error:[/] the train extra is missing ({exc}); run `pip install 'ctsr-infer[train]'`.")
         raise typer.Exit(EXIT_ENV) from None
     logging.getLogger("ctsr_infer").setLevel(logging.INFO)
-    config = LiteConfig(photos=photos, work=work, fidelity_steps=fidelity_steps, stage1_steps=stage1_steps,
-                        stage2_steps=stage2_steps, batch=batch, patches_per_image=patches_per_image, seed=seed)
+    given = dict(fidelity_steps=fidelity_steps, stage1_steps=stage1_steps, stage2_steps=stage2_steps, batch=batch,
+                 patches_per_image=patches_per_image, seed=seed)
+    config = LiteConfig(photos=photos, work=work, **{k: v for k, v in given.items() if v is not None})
     try:
         path = train_lite(config)
     except (CtsrError, FileNotFoundError) as exc:

@@ -80,5 +80,5 @@ def test_the_wheel_ships_the_manifest(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     (wheel,) = tmp_path.glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert "ctsr_infer/weights_manifest.json" in names
+    assert "ctsr_infer/weights_manifest.json" in names and "ctsr_infer/weights/ctsr-lite.safetensors" in names
     assert not any(n.startswith("tests/") for n in names)

@@ -96,4 +96,7 @@ class TilePlan:
         else:  # exact when every tile fits at once, else fast with as many statistics tiles as fit
             vae_mode = "exact" if fit >= total else "fast"
         batch = int(max(1, min(4, budget // (latent_tile**2 * UNET_BYTES_PER_LATENT_PIXEL))))
-        return cls(vae_mode, vae_tile, vae_overlap, context, max(4, min(fit, total)), latent_tile, latent_overlap, batch)
+        # fast asked for by name keeps memory at its minimum (4 statistics tiles); chosen by auto it
+        # samples as many tiles as the budget holds
+        sample = 4 if options.tiling == "fast" else max(4, min(fit, total))
+        return cls(vae_mode, vae_tile, vae_overlap, context, sample, latent_tile, latent_overlap, batch)
