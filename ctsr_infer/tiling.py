@@ -175,7 +175,10 @@ def tiled_apply(
     height, width = x.shape[-2:]
     tiles = plan_tiles(height, width, tile=tile, overlap=overlap, context=context, align=align)
     if len(tiles) == 1:
-        return fn(x).float().cpu()
+        out = fn(x).float().cpu()
+        if on_tile is not None:
+            on_tile(1, 1)
+        return out
 
     def pieces() -> Iterator[tuple[Tile, torch.Tensor]]:
         groups: dict[tuple[int, int], list[Tile]] = {}
@@ -363,7 +366,10 @@ def tiled_vae(
     """
     height, width = x.shape[-2:]
     if mode == "off" or (height <= tile and width <= tile):
-        return fn(x).float().cpu()
+        out = fn(x).float().cpu()
+        if on_tile is not None:
+            on_tile(1, 1)
+        return out
     tiles = plan_tiles(height, width, tile=tile, overlap=overlap, context=context, align=align)
     chosen = list(range(len(tiles))) if mode == "exact" else _spread(tiles, sample_tiles)
     lockstep = _Lockstep([tiles[i] for i in chosen])

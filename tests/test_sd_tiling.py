@@ -113,12 +113,18 @@ def test_oom_halves_the_tile_then_fails_clearly() -> None:
 
 
 def test_plan_switches_tiling_on_only_when_needed() -> None:
-    options = RunOptions(scale=4, color_fix="none", knob_steps=1, seed=None, encode="mean")
-    small = TilePlan.decide(512, 512, options, vae_bytes=4, device=torch.device("cpu"))
-    assert small.vae_mode == "off"
-    big = TilePlan.decide(4096, 4096, RunOptions(**{**options.__dict__, "memory_budget": 12e9}), vae_bytes=4, device=torch.device("cpu"))
-    assert big.vae_mode == "fast"
-    mid = TilePlan.decide(1024, 1024, RunOptions(**{**options.__dict__, "memory_budget": 12e9}), vae_bytes=4, device=torch.device("cpu"))
-    assert mid.vae_mode == "exact"
-    assert 4 <= big.vae_sample_tiles < len(plan_tiles(4096, 4096, tile=512, overlap=64, align=8))
-    assert TilePlan.decide(4096, 4096, RunOptions(**{**options.__dict__, "tiling": "off"}), vae_bytes=4, device=torch.device("cpu")).vae_mode == "off"
+    base = RunOptions(scale=4, color_fix="none", knob_steps=1, seed=None, encode="mean", memory_budget=12e9)
+    cpu = torch.device("cpu")
+
+    def plan(size: int, **changes: object) -> TilePlan:
+        return TilePlan.decide(size, size, RunOptions(**{**base.__dict__, **changes}), vae_bytes=4, device=cpu)
+
+    assert plan(1024).vae_mode == "off"  # 1024^2 fits 12 GB untiled
+    big = plan(4096)
+    assert big.vae_mode == "fast" and big.vae_tile % 64 == 0
+    assert (big.vae_tile + 128) ** 2 * 5120 * 4 <= 12e9 < (big.vae_tile + 64 + 128) ** 2 * 5120 * 4  # the largest of which 4 fit
+    assert 4 <= big.vae_sample_tiles < len(plan_tiles(4096, 4096, tile=big.vae_tile, overlap=64, align=8))
+    assert plan(2048, memory_budget=60e9).vae_mode == "off"
+    assert plan(2048, tiling="exact", vae_tile=512).vae_mode == "exact"
+    assert plan(4096, tiling="off").vae_mode == "off"
+    assert plan(4096, tiling="fast").vae_sample_tiles == 4

@@ -230,13 +230,13 @@ class SDOneStep:
         check_finite(z0, "the denoised latent")
         finals = self.apply_knob(z0, ts, options.knob_steps, on_progress, plan=plan)
         outputs: list[torch.Tensor] = []
-        for index, z in enumerate(finals):
+        for z in finals:
             emit(on_progress, "decode", 0, 1)
             image = self.decode(z, plan=plan, on_progress=on_progress)
             check_finite(image, "the decoded image")
             image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
             outputs.append(color_fix(image, upsampled, options.color_fix))
-        emit(on_progress, "decode", len(finals), len(finals))
+        emit(on_progress, "colour fix", 1, 1)
         return outputs
 
     def apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None = None,
