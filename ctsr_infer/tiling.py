@@ -29,7 +29,6 @@ from fractions import Fraction
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import DeviceError, InvalidInputError

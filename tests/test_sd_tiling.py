@@ -7,7 +7,6 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from ctsr_infer.errors import DeviceError
 from ctsr_infer.families.base import RunOptions, TilePlan
