@@ -82,3 +82,35 @@ def test_the_wheel_ships_the_manifest(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "ctsr_infer/weights_manifest.json" in names and "ctsr_infer/weights/ctsr-lite.safetensors" in names
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_models_download_and_verify_against_a_local_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ctsr models download` fetches from the first source that answers, verifies, and later runs offline."""
+    import hashlib
+
+    from ctsr_infer.families.lite import LiteNet
+    from ctsr_infer.manifest import user_registry_path
+    from ctsr_infer.train.lite import LiteConfig, export_lite
+    from test_hub import _Server
+
+    body = export_lite(LiteNet(channels=4, blocks=1), LiteConfig(photos=tmp_path, work=tmp_path)).read_bytes()
+    server = _Server({"/mirror/tiny.safetensors": body})
+    try:
+        entry = {"family": "lite", "knob": {"kind": "native", "default_t": 0.5}, "licence": "test",
+                 "file": {"filename": "tiny.safetensors", "format": "ctsr-student", "sha256": hashlib.sha256(body).hexdigest(),
+                          "sources": [{"url": f"{server.url}/gone/tiny.safetensors"}, {"url": f"{server.url}/mirror/tiny.safetensors"}]}}
+        user_registry_path().parent.mkdir(parents=True, exist_ok=True)
+        user_registry_path().write_text(json.dumps({"tiny-remote": entry}))
+        assert _run("models", "download", "tiny-remote").exit_code == 3  # offline (the test default): refused, no request
+        assert server.requests == []
+        monkeypatch.setenv("CTSR_OFFLINE", "0")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        result = _run("models", "download", "tiny-remote")
+        assert result.exit_code == 0, result.output
+        assert server.requests == ["/gone/tiny.safetensors", "/mirror/tiny.safetensors"]
+        monkeypatch.setenv("CTSR_OFFLINE", "1")
+        assert _run("models", "verify", "tiny-remote").exit_code == 0
+        assert ctsr_infer.load("tiny-remote", device="cpu").upscale(__import__("numpy").zeros((3, 3, 3), "uint8")).shape == (12, 12, 3)
+        assert len(server.requests) == 2
+    finally:
+        server.httpd.shutdown()
