@@ -127,3 +127,11 @@ def test_plan_switches_tiling_on_only_when_needed() -> None:
     assert plan(2048, tiling="exact", vae_tile=512).vae_mode == "exact"
     assert plan(4096, tiling="off").vae_mode == "off"
     assert plan(4096, tiling="fast").vae_sample_tiles == 4
+
+
+def test_the_loaded_weights_come_off_the_budget(upscaler) -> None:
+    model = upscaler.model
+    weights = sum(p.numel() * p.element_size() for m in (model.unet, model.vae) for p in m.parameters())
+    options = upscaler.check_options(scale=4, memory_budget=weights + 4 * 192**2 * 5120)[1]
+    # what is left after the weights holds four 64-px tiles with their 64-px context, and no more
+    assert model.plan(4096, 4096, options).vae_tile == 64

@@ -19,6 +19,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..image import resize_bicubic
 from ..lora import fuse, lora_delta
 from ..progress import ProgressCallback, emit
 from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from .base import RunOptions, TilePlan
+from .base import RunOptions, TilePlan, default_memory_budget
 
 __all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt", "pad_to_multiple"]
 
@@ -275,9 +276,13 @@ class SDOneStep:
     # -- the stages; each tiles itself according to the plan ----------------------------------
 
     def plan(self, height: int, width: int, options: RunOptions) -> TilePlan:
-        """Decide the tiling of an image of ``height`` x ``width`` padded pixels (see :class:`TilePlan`)."""
-        return TilePlan.decide(height, width, options, vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8,
-                               device=self.placement.device)
+        """Decide the tiling of an image of ``height`` x ``width`` padded pixels (see :class:`TilePlan`).
+
+        The loaded weights live in the same memory, so they come off the budget first."""
+        weights = sum(p.numel() * p.element_size() for m in (self.unet, self.vae) for p in m.parameters())
+        budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights
+        return TilePlan.decide(height, width, replace(options, memory_budget=max(budget, 1e8)),
+                               vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device)
 
     def encode(self, image: torch.Tensor, *, generator: torch.Generator | None = None, mode: str = "mean",
                plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
