@@ -27,7 +27,17 @@ from .errors import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="One-step diffusion super-resolution with a fidelity/realness knob.")
+class _Group(typer.core.TyperGroup):
+    """Turns any CtsrError of any command into its message and exit code, in one place."""
+
+    def invoke(self, ctx: "typer.Context") -> object:
+        try:
+            return super().invoke(ctx)
+        except CtsrError as exc:
+            raise _fail(exc) from None
+
+
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, help="One-step diffusion super-resolution with a fidelity/realness knob.")
 models_app = typer.Typer(no_args_is_help=True, help="List and convert models.")
 train_app = typer.Typer(no_args_is_help=True, help="Training recipes (needs `pip install 'ctsr-infer[train]'`).")
 app.add_typer(models_app, name="models")
@@ -104,19 +114,16 @@ def upscale(
     from .progress import ProgressEvent
 
     ts = _parse_t(t)
-    try:
-        jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt)
-        if not jobs:
-            err.print("[yellow]no image files found in the inputs[/]")
-            raise typer.Exit(EXIT_FAILED)
-        upscaler = load(model, base=base, device=device, dtype=dtype)
-        options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
-        tiling_options = dict(tiling=None if tiling == "auto" else tiling, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
-                              memory_budget=None if memory_budget is None else memory_budget * 1e9)
-        options.update({k: v for k, v in tiling_options.items() if v is not None})
-        upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt)
+    if not jobs:
+        err.print("[yellow]no image files found in the inputs[/]")
+        raise typer.Exit(EXIT_FAILED)
+    upscaler = load(model, base=base, device=device, dtype=dtype)
+    options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
+    tiling_options = dict(tiling=None if tiling == "auto" else tiling, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
+                          memory_budget=None if memory_budget is None else memory_budget * 1e9)
+    options.update({k: v for k, v in tiling_options.items() if v is not None})
+    upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
 
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -170,16 +177,13 @@ def sweep(
     if output.exists() and not overwrite:
         err.print(f"[red]error:[/] `{output}` exists; pass --overwrite to replace it.")
         raise typer.Exit(EXIT_USAGE)
-    try:
-        upscaler = load(model, base=base, device=device, dtype=dtype)
-        outputs = upscaler.process(read_image(source), t=ts, scale=scale)
-        sheet = contact_sheet([to_pil(o) for o in outputs], [f"t = {value:g}" for value in ts],
-                              title=f"{source.name} - {upscaler.name} - 0 realistic ... 1 faithful")
-        import numpy as np
+    upscaler = load(model, base=base, device=device, dtype=dtype)
+    outputs = upscaler.process(read_image(source), t=ts, scale=scale)
+    sheet = contact_sheet([to_pil(o) for o in outputs], [f"t = {value:g}" for value in ts],
+                          title=f"{source.name} - {upscaler.name} - 0 realistic ... 1 faithful")
+    import numpy as np
 
-        write_image(ImageData(pixels=np.asarray(sheet, dtype=np.float32) / 255.0), output, overwrite=overwrite)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    write_image(ImageData(pixels=np.asarray(sheet, dtype=np.float32) / 255.0), output, overwrite=overwrite)
     out.print(f"wrote {output}")
 
 
@@ -193,10 +197,7 @@ def models_list() -> None:
     from .hub import file_status
     from .manifest import load_manifest
 
-    try:
-        manifest = load_manifest()
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    manifest = load_manifest()
     table = Table()
     for column in ("id", "family", "knob", "size", "licence", "on this machine"):
         table.add_column(column)
@@ -217,10 +218,7 @@ def models_info(model_id: Annotated[str, typer.Argument(help="Model id.")]) -> N
     from .hub import file_status, recorded_hash
     from .manifest import get_spec
 
-    try:
-        spec = get_spec(model_id)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    spec = get_spec(model_id)
     status = file_status(spec)
     rows = [
         ("id", spec.id), ("family", spec.family), ("knob", f"{spec.knob.kind}" + (f" (default t {spec.knob.default_t})" if spec.knob.default_t is not None else "")),
@@ -250,10 +248,7 @@ def models_download(
     from .hub import ensure_student
     from .manifest import get_spec
 
-    try:
-        student, base_dir = ensure_student(get_spec(model_id), base_dir=base)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    student, base_dir = ensure_student(get_spec(model_id), base_dir=base)
     out.print(f"{model_id}: student {student}" + (f", base {base_dir}" if base_dir else ""))
 
 
@@ -263,11 +258,8 @@ def models_verify(model_id: Annotated[Optional[str], typer.Argument(help="Model 
     from .hub import local_file, verify_file
     from .manifest import load_manifest
 
-    try:
-        manifest = load_manifest()
-        specs = [manifest.get(model_id)] if model_id else [manifest.models[k] for k in sorted(manifest.models)]
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    manifest = load_manifest()
+    specs = [manifest.get(model_id)] if model_id else [manifest.models[k] for k in sorted(manifest.models)]
     bad = 0
     for spec in specs:
         path = local_file(spec)
@@ -295,10 +287,7 @@ def models_import(
     """Register a user-supplied checkpoint: converted and copied into the cache, then usable by id."""
     from .registry import import_model
 
-    try:
-        spec = import_model(path, model_id=model_id, base=base, prompt=prompt, licence=licence)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    spec = import_model(path, model_id=model_id, base=base, prompt=prompt, licence=licence)
     out.print(f"imported `{spec.id}` ({spec.family}, knob {spec.knob.kind}); use it with --model {spec.id}")
 
 
@@ -307,10 +296,7 @@ def models_remove(model_id: Annotated[str, typer.Argument(help="Model id.")]) ->
     """Delete a model's downloaded and converted files from ctsr's cache (and unregister an import)."""
     from .registry import remove_model
 
-    try:
-        removed = remove_model(model_id)
-    except CtsrError as exc:
-        raise _fail(exc) from None
+    removed = remove_model(model_id)
     out.print("\n".join(f"removed {p}" for p in removed) or f"{model_id}: nothing of it in ctsr's cache")
 
 
@@ -390,9 +376,6 @@ def train_lite_command(
 def main() -> None:
     try:
         app()
-    except CtsrError as exc:  # a command that did not map its own error still gets a message, not a traceback
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(_exit_code(exc))
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
