@@ -7,7 +7,8 @@ A student file holds, as tensors:
   fine-tuned UNet ``conv_in``);
 * ``prompt_embeds``: the fixed text-encoder output (1, 77, cross-attention dim), so no text
   encoder is needed at run time;
-* ``net.<parameter>``: a small network stored in full (the ``lite`` family).
+* ``net.<parameter>``: networks stored in full (the ``lite`` family; ``net.unet.*`` and
+  ``net.vq.*`` of the ``resshift-onestep`` family).
 
 and, in the safetensors header, ``ctsr.meta``: a JSON object (see :class:`StudentMeta`).
 
@@ -43,6 +44,7 @@ __all__ = [
     "load_student",
     "read_pickled_checkpoint",
     "convert_osediff",
+    "convert_resshift",
 ]
 
 FORMAT_VERSION = 1
@@ -405,4 +407,65 @@ def convert_osediff(
     )
     student = StudentFile(meta=meta, tensors=tensors)
     student.validate(source=source)
+    return student
+
+
+# ---------------------------------------------------------------------------------------------
+# ResShift / SinSR (zsyOAOA/ResShift and wyf0912/SinSR release assets, ``.pth``)
+# ---------------------------------------------------------------------------------------------
+
+
+def convert_resshift(
+    unet_path: str | os.PathLike[str],
+    vq_path: str | os.PathLike[str],
+    *,
+    schedule: Mapping[str, Any] | None = None,
+    sampler: str = "onestep",
+    unet: Mapping[str, Any] | None = None,
+    vq: Mapping[str, Any] | None = None,
+    licence: str = "unknown",
+    provenance: Mapping[str, Any] | None = None,
+) -> StudentFile:
+    """Convert a ResShift-family UNet checkpoint plus the VQ-f4 autoencoder into one student file.
+
+    ``unet_path``: ``resshift_realsrx4_s15_v1.pth``, ``resshift_realsrx4_s4_v3.pth``, ``SinSR_v1.pth``
+    or any file of that layout (state dict at the top level or under ``state_dict``, optional
+    ``module.``/``_orig_mod.`` prefixes). ``vq_path``: ``autoencoder_vq_f4.pth`` (a bare
+    latent-diffusion state dict). Both are read with the allow-listed unpickler and loaded strictly
+    into the networks before anything is written. ``schedule``/``unet``/``vq`` override the defaults of
+    :class:`ShiftSchedule`, :class:`SwinUNetConfig`, :class:`VQConfig` (the x4 real-SR settings).
+    ``sampler``: ``onestep`` for distilled students, ``posterior`` or ``ddim`` for the teacher.
+    """
+    from .families.resshift import FAMILY, student_config
+    from .families.shift_diffusion import ShiftSchedule
+    from .families.swin_unet import SwinUNet, SwinUNetConfig, load_public_state
+    from .families.vq_autoencoder import VQConfig, build_vq, load_ldm_state
+
+    if sampler not in ("onestep", "posterior", "ddim"):
+        raise IncompatibleWeightsError(f"`sampler` must be 'onestep', 'posterior' or 'ddim', got {sampler!r}.")
+    unet_config = SwinUNetConfig.from_config(unet or {})
+    vq_config = VQConfig.from_config(vq or {})
+    shift = ShiftSchedule.from_config(schedule or {})
+    unet_source = f"ResShift-family checkpoint `{unet_path}`"
+    data = read_pickled_checkpoint(unet_path)
+    if not isinstance(data, Mapping):
+        raise IncompatibleWeightsError(f"{unet_source}: expected a state dict, found {type(data).__name__}.")
+    net = SwinUNet(unet_config)
+    load_public_state(net, cast(Mapping[str, Any], data), source=unet_source)
+    vq_source = f"VQ autoencoder `{vq_path}`"
+    vq_state = read_pickled_checkpoint(vq_path)
+    if isinstance(vq_state, Mapping) and isinstance(vq_state.get("state_dict"), Mapping):
+        vq_state = vq_state["state_dict"]
+    if not isinstance(vq_state, Mapping):
+        raise IncompatibleWeightsError(f"{vq_source}: expected a state dict, found {type(vq_state).__name__}.")
+    load_ldm_state(build_vq(vq_config), cast(Mapping[str, torch.Tensor], vq_state), vq_config, source=vq_source)
+    tensors = {f"net.unet.{k}": v.detach().float() for k, v in net.state_dict().items()}
+    tensors.update({f"net.vq.{k}": cast(torch.Tensor, v).float() for k, v in vq_state.items()})
+    meta = StudentMeta(
+        family=FAMILY, knob=Knob(kind="none"), scale=4.0, color_fix="none", timestep=shift.steps - 1, licence=licence,
+        provenance={"converted_from": Path(unet_path).name, "autoencoder": Path(vq_path).name, **dict(provenance or {})},
+        config=student_config(unet=unet_config, vq=vq_config, schedule=shift, sampler=sampler),  # type: ignore[arg-type]
+    )
+    student = StudentFile(meta=meta, tensors=tensors)
+    student.validate(source=unet_source)
     return student

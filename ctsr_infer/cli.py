@@ -4,6 +4,7 @@ Exit codes: 0 all files ok (skipped ones included), 1 some files failed, 2 usage
 3 missing model or environment problem.
 """
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -316,30 +317,56 @@ def doctor() -> None:
 
 @models_app.command("convert")
 def models_convert(
-    source: Annotated[Path, typer.Argument(help="OSEDiff checkpoint (osediff.pkl).")],
+    source: Annotated[Path, typer.Argument(help="Public checkpoint: osediff.pkl, or a ResShift/SinSR .pth (with --vq).")],
     target: Annotated[Path, typer.Argument(help="Student file to write (.safetensors).")],
-    base: Annotated[Path, typer.Option("--base", help="Local diffusers folder of SD 2.1-base (for the prompt embedding).")],
-    prompt: Annotated[str, typer.Option("--prompt", help="Fixed prompt carried in the student.")] = "",
+    base: Annotated[Optional[Path], typer.Option("--base", help="OSEDiff: local diffusers folder of SD 2.1-base (for the prompt embedding).")] = None,
+    prompt: Annotated[str, typer.Option("--prompt", help="OSEDiff: fixed prompt carried in the student.")] = "",
+    vq: Annotated[Optional[Path], typer.Option("--vq", help="ResShift family: the autoencoder_vq_f4.pth file.")] = None,
+    sampler: Annotated[str, typer.Option("--sampler", help="ResShift family: onestep (SinSR, TAD-SR, co-learning students), posterior or ddim (the ResShift teacher).")] = "onestep",
+    steps: Annotated[int, typer.Option("--steps", help="ResShift family: diffusion steps of the schedule (15 for v1 and SinSR, 4 for v3).")] = 15,
+    min_noise_level: Annotated[float, typer.Option("--min-noise-level", help="ResShift family: 0.04 for v1 and SinSR, 0.2 for v3.")] = 0.04,
+    licence: Annotated[str, typer.Option("--licence", help="ResShift family: licence written into the student file.")] = "unknown",
+    net_config: Annotated[Optional[Path], typer.Option("--net-config", help="ResShift family: JSON with `unet`, `vq` and/or `schedule` settings that differ from the x4 real-SR defaults.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing target.")] = False,
 ) -> None:
     """Convert a public checkpoint into a student file (pickles go through the allow-listed unpickler)."""
-    from .checkpoints import convert_osediff, save_student
-    from .families.sd_onestep import encode_prompt
+    from .checkpoints import convert_osediff, convert_resshift, save_student
 
     if target.suffix != ".safetensors":
         raise typer.BadParameter(f"TARGET must end in .safetensors, got {target.name!r}")
     if target.exists() and not overwrite:
         err.print(f"[red]error:[/] `{target}` exists; pass --overwrite to replace it.")
         raise typer.Exit(EXIT_USAGE)
+    if vq is None and base is None:
+        raise typer.BadParameter("pass --base DIR (OSEDiff checkpoints) or --vq autoencoder_vq_f4.pth (ResShift, SinSR, TAD-SR).")
+    if sampler not in ("onestep", "posterior", "ddim"):
+        raise typer.BadParameter(f"--sampler must be onestep, posterior or ddim, got {sampler!r}")
     try:
-        student = convert_osediff(source, prompt_embeds=encode_prompt(base, prompt), base={"path": str(base.resolve())}, prompt=prompt)
+        if vq is not None:
+            settings_json: dict = {}
+            if net_config is not None:
+                try:
+                    settings_json = json.loads(net_config.read_text())
+                except (OSError, ValueError) as exc:
+                    raise typer.BadParameter(f"--net-config `{net_config}` is not a readable JSON file: {exc}") from None
+            schedule = {"steps": steps, "min_noise_level": min_noise_level, **settings_json.get("schedule", {})}
+            student = convert_resshift(source, vq, sampler=sampler, schedule=schedule, unet=settings_json.get("unet"),
+                                       vq=settings_json.get("vq"), licence=licence)
+        else:
+            from .families.sd_onestep import encode_prompt
+
+            assert base is not None
+            try:
+                embeds = encode_prompt(base, prompt)
+            except OSError as exc:
+                err.print(f"[red]error:[/] cannot read the base model's text encoder in `{base}`: {exc}")
+                raise typer.Exit(EXIT_ENV) from None
+            student = convert_osediff(source, prompt_embeds=embeds, base={"path": str(base.resolve())}, prompt=prompt)
         save_student(student, target)
     except CtsrError as exc:
         raise _fail(exc) from None
-    except OSError as exc:
-        err.print(f"[red]error:[/] cannot read the base model's text encoder in `{base}`: {exc}")
-        raise typer.Exit(EXIT_ENV) from None
-    out.print(f"wrote {target} ({len(student.tensors)} tensors, adapters: {', '.join(a.name for a in student.meta.adapters)})")
+    adapters = ", ".join(a.name for a in student.meta.adapters) or "none"
+    out.print(f"wrote {target} ({student.meta.family}, {len(student.tensors)} tensors, adapters: {adapters})")
 
 
 @train_app.command("lite")

@@ -20,7 +20,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -230,6 +230,15 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
     if target.is_file():
         return target, base_dir
     raw = fetch_file(spec, offline=offline, on_progress=on_progress)
+    if spec.file.format == "resshift-pth":
+        from .checkpoints import convert_resshift
+
+        assert spec.vq is not None  # the manifest parser guarantees it
+        vq = fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress)
+        student = convert_resshift(raw, vq, sampler=spec.convert.get("sampler", "onestep"), schedule=spec.convert.get("schedule"),
+                                   unet=spec.convert.get("unet"), vq=spec.convert.get("vq"), licence=spec.licence,
+                                   provenance={"model": spec.id})
+        return save_student(student, target), base_dir
     if base_dir is None:
         raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; pass `base=`.")
     from .families.sd_onestep import encode_prompt

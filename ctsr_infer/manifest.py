@@ -7,8 +7,10 @@ Schema (format_version 1)::
                               "allow_patterns": [...], "licence": "...", "description": "..."}},
      "models": {"<model id>": {
          "family": "sd-onestep" | "lite" | "resshift-onestep",
-         "file": {"filename", "format": "ctsr-student" | "osediff-pkl", "sha256": hex | null, "size": int | null,
-                  "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}, ...]},
+         "file": {"filename", "format": "ctsr-student" | "osediff-pkl" | "resshift-pth", "sha256": hex | null,
+                  "size": int | null, "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}, ...]},
+         "vq": {... a file like "file", format "ldm-vq-pth"},   # resshift-pth models: the VQ-f4 autoencoder
+         "convert": {"sampler": "onestep" | "posterior" | "ddim", "schedule": {...}, "unet": {...}, "vq": {...}},
          "base": "<base id>" | null, "knob": {...}, "scale": 4, "prompt": "",
          "licence": "...", "commercial_use": true, "notes": "..."}}}
 
@@ -35,7 +37,7 @@ from .knob import Knob
 __all__ = ["BaseSpec", "Source", "FileSpec", "ModelSpec", "Manifest", "parse_manifest", "load_manifest", "get_spec", "FAMILIES", "FORMATS"]
 
 FAMILIES = ("sd-onestep", "lite", "resshift-onestep")
-FORMATS = ("ctsr-student", "osediff-pkl")
+FORMATS = ("ctsr-student", "osediff-pkl", "resshift-pth", "ldm-vq-pth")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -89,6 +91,10 @@ class ModelSpec:
     licence: str = "unknown"
     commercial_use: bool = True
     notes: str = ""
+    vq: FileSpec | None = None
+    """The VQ autoencoder file a ``resshift-pth`` checkpoint is converted with."""
+    convert: dict[str, Any] = field(default_factory=dict)
+    """Settings of the conversion (``resshift-pth``: ``sampler`` and ``schedule``)."""
     user: bool = False
     """Registered by ``ctsr models import`` rather than shipped."""
 
@@ -119,8 +125,8 @@ def _need(entry: Any, name: str, where: str, kind: type | tuple[type, ...] = obj
     return value
 
 
-def _parse_file(entry: Any, where: str) -> FileSpec:
-    where = f"{where} `file`"
+def _parse_file(entry: Any, where: str, field_name: str = "file") -> FileSpec:
+    where = f"{where} `{field_name}`"
     filename = _need(entry, "filename", where, str)
     fmt = _need(entry, "format", where, str)
     if fmt not in FORMATS:
@@ -162,10 +168,19 @@ def _parse_models(models: Any, bases: dict[str, BaseSpec], *, user: bool) -> dic
             knob = Knob.from_json(entry.get("knob", {}))
         except ValueError as exc:
             raise IncompatibleWeightsError(f"weights manifest: {where} `knob`: {exc}") from exc
+        file = _parse_file(_need(entry, "file", where, dict), where)
+        vq = _parse_file(entry["vq"], where, "vq") if entry.get("vq") is not None else None
+        if file.format == "resshift-pth" and (vq is None or vq.format != "ldm-vq-pth"):
+            raise IncompatibleWeightsError(f"weights manifest: {where} is a resshift-pth checkpoint; it needs a `vq` file of format ldm-vq-pth.")
+        convert = entry.get("convert", {})
+        if not isinstance(convert, dict):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `convert` must be an object.")
         parsed[model_id] = ModelSpec(
             id=model_id,
             family=family,
-            file=_parse_file(_need(entry, "file", where, dict), where),
+            file=file,
+            vq=vq,
+            convert=dict(convert),
             base=bases[base_id] if base_id else None,
             knob=knob,
             scale=float(entry.get("scale", 4)),

@@ -273,8 +273,14 @@ def load(
         from .families.lite import LiteStudent
 
         return Upscaler(LiteStudent(student, placement), name=name)
+    if student.meta.family == "resshift-onestep":
+        from .families.resshift import ResShiftModel
+
+        return Upscaler(ResShiftModel(student, placement), name=name)
     if student.meta.family != "sd-onestep":
-        raise IncompatibleWeightsError(f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep and lite students.")
+        raise IncompatibleWeightsError(
+            f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep, resshift-onestep and lite students."
+        )
     if base_dir is None:
         reference = dict(student.meta.base)
         if "path" in reference:

@@ -166,3 +166,73 @@ def write_text_encoder(folder: Path) -> Path:
                             num_attention_heads=4, max_position_embeddings=77)
     CLIPTextModel(config).eval().save_pretrained(folder / "text_encoder")
     return folder
+
+
+# -- ResShift family ------------------------------------------------------------------------------
+
+def tiny_swin_config():
+    from ctsr_infer.families.swin_unet import SwinUNetConfig
+
+    return SwinUNetConfig(image_size=16, model_channels=32, num_res_blocks=(1, 1, 1, 1), attention_resolutions=(16, 8, 4, 2),
+                          swin_embed_dim=64, window_size=4)
+
+
+def tiny_vq_config():
+    from ctsr_infer.families.vq_autoencoder import VQConfig
+
+    return VQConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, n_embed=64)
+
+
+def randomised(module: torch.nn.Module, seed: int, std: float = 0.15) -> torch.nn.Module:
+    """Every parameter drawn at random: the stock init zeroes the last conv of each ResBlock, which
+    would hide wiring mistakes."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return module
+
+
+def public_swin_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as the public ResShift/SinSR checkpoints hold it: the parameters plus each Swin
+    block's ``attn.relative_position_index`` and, for shifted blocks, ``attn_mask`` (never used)."""
+    from ctsr_infer.families.swin_unet import SwinBlock
+
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for name, module in net.named_modules():
+        if isinstance(module, SwinBlock):
+            state[f"{name}.attn.relative_position_index"] = module.attn.relative_position_index.clone()
+            if module.shift:
+                count = module.window**2
+                state[f"{name}.attn_mask"] = torch.zeros(4, count, count)
+    return state
+
+
+def public_vq_state(model: torch.nn.Module, config) -> dict[str, torch.Tensor]:
+    """The diffusers VQModel's weights renamed to latent-diffusion's layout (attention as 1x1 convs)."""
+    from ctsr_infer.families.vq_autoencoder import _map_key, _public_keys
+
+    own = model.state_dict()
+    state = {}
+    for key in _public_keys(config):
+        value = own[_map_key(key, len(config.ch_mult))].clone()
+        if ".attn_1." in key and key.endswith(".weight") and ".norm." not in key:
+            value = value[:, :, None, None]
+        state[key] = value
+    return state
+
+
+def write_resshift_pair(folder: Path, *, seed: int = 7, prefix: str = "module.") -> tuple[Path, Path]:
+    """A tiny UNet checkpoint ({"state_dict": ...} with a ``module.`` prefix, as trainers save) and a bare
+    VQ state dict, both as pickled ``.pth`` files in the public layouts."""
+    from ctsr_infer.families.swin_unet import SwinUNet
+    from ctsr_infer.families.vq_autoencoder import build_vq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    net = randomised(SwinUNet(tiny_swin_config()), seed)
+    vq_config = tiny_vq_config()
+    vq = randomised(build_vq(vq_config), seed + 1)
+    unet_path, vq_path = folder / "resshift_tiny.pth", folder / "autoencoder_vq_tiny.pth"
+    torch.save({"state_dict": {prefix + k: v for k, v in public_swin_state(net).items()}}, unet_path)
+    torch.save(public_vq_state(vq, vq_config), vq_path)
+    return unet_path, vq_path

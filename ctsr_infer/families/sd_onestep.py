@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 SD21_BASE = "SD 2.1-base (epsilon prediction, 4 latent channels, cross-attention dim 1024)"
 VAE_SCALING = 0.18215
+FULL_RES_BYTES_PER_PIXEL = 48
 
 
 def alphas_cumprod_scaled_linear(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
@@ -278,9 +279,10 @@ class SDOneStep:
     def plan(self, height: int, width: int, options: RunOptions) -> TilePlan:
         """Decide the tiling of an image of ``height`` x ``width`` padded pixels (see :class:`TilePlan`).
 
-        The loaded weights live in the same memory, so they come off the budget first."""
+        The loaded weights and the full-resolution buffers (input, padded copy, output and blend
+        weights: about 48 bytes per pixel) live in the same memory, so they come off the budget first."""
         weights = sum(p.numel() * p.element_size() for m in (self.unet, self.vae) for p in m.parameters())
-        budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights
+        budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights - FULL_RES_BYTES_PER_PIXEL * height * width
         return TilePlan.decide(height, width, replace(options, memory_budget=max(budget, 1e8)),
                                vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device)
 
