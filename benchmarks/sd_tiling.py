@@ -10,52 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-
-SD21_UNET = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)
-SD21_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=768,
-)
-
-
-def peak_rss_gb() -> float:
-    """This process's peak resident memory. VmHWM starts afresh at exec; ru_maxrss can carry the
-    parent's high-water mark into a child on Linux, so it is only the fallback."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024**2
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-
+from ctsr_infer.benchmark import peak_rss_gb
 
 def build(dtype: str):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from ctsr_infer.benchmark import random_model
 
-    import ctsr_infer
-    from ctsr_infer.checkpoints import StudentFile, StudentMeta
-    from ctsr_infer.device import resolve
-    from ctsr_infer.families.sd_onestep import SDOneStep, alphas_cumprod_scaled_linear
-
-    torch.manual_seed(0)
-    unet, vae = UNet2DConditionModel(**SD21_UNET).eval(), AutoencoderKL(**SD21_VAE).eval()
-    student = StudentFile(StudentMeta(family="sd-onestep", color_fix="wavelet"), {"prompt_embeds": torch.randn(1, 77, 1024) * 0.1})
-    model = SDOneStep(student, unet, vae, alphas_cumprod_scaled_linear(), resolve("cpu", dtype))
-    return ctsr_infer.Upscaler(model, name="sd21-random")
+    return random_model("sd-onestep", dtype=dtype)
 
 
 def run_one(size: int, dtype: str, tiling: str, save: str | None) -> dict:

@@ -239,6 +239,7 @@ def load(
     base: str | os.PathLike[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
+    channels_last: bool = False,
 ) -> Upscaler:
     """Load a student by manifest id or student-file path.
 
@@ -248,11 +249,12 @@ def load(
         base: a local diffusers folder for the base model, overriding the file's/manifest's reference.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        channels_last: run convolutions in channels-last memory format.
     """
     from .hub import ensure_student, resolve_base
     from .manifest import BaseSpec, load_manifest
 
-    placement = resolve(device, dtype)
+    placement = resolve(device, dtype, channels_last=channels_last)
     manifest = load_manifest()
     model = manifest.default if model is None else model
     base_dir: Path | None = Path(base) if base is not None else None

@@ -210,16 +210,9 @@ def public_swin_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def public_vq_state(model: torch.nn.Module, config) -> dict[str, torch.Tensor]:
     """The diffusers VQModel's weights renamed to latent-diffusion's layout (attention as 1x1 convs)."""
-    from ctsr_infer.families.vq_autoencoder import _map_key, _public_keys
+    from ctsr_infer.families.vq_autoencoder import diffusers_to_ldm
 
-    own = model.state_dict()
-    state = {}
-    for key in _public_keys(config):
-        value = own[_map_key(key, len(config.ch_mult))].clone()
-        if ".attn_1." in key and key.endswith(".weight") and ".norm." not in key:
-            value = value[:, :, None, None]
-        state[key] = value
-    return state
+    return {k: v.clone() for k, v in diffusers_to_ldm(model.state_dict(), config).items()}
 
 
 def write_resshift_pair(folder: Path, *, seed: int = 7, prefix: str = "module.") -> tuple[Path, Path]:

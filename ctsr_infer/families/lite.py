@@ -9,6 +9,8 @@ resize the x4 output with Pillow's bicubic (antialiased when shrinking). Large i
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,7 +102,7 @@ class LiteStudent:
                 raise IncompatibleWeightsError(f"lite student tensor `net.{key}` has shape {tuple(value.shape)}, expected {tuple(expected)}.")
         self.net.load_state_dict({k: v.float() for k, v in state.items()})
         self.placement = placement
-        self.net = self.net.eval().requires_grad_(False).to(placement.device, placement.dtype)
+        self.net = placement.place(self.net.eval().requires_grad_(False))
 
     def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None, tile: int | None = None,
              overlap: int | None = None) -> torch.Tensor:
@@ -108,7 +110,7 @@ class LiteStudent:
 
         def network(piece: torch.Tensor) -> torch.Tensor:
             batch = torch.full((piece.shape[0],), t, device=device)
-            return self.net(piece.to(device, dtype), batch).float().cpu()
+            return self.net(self.placement.prepare(piece, dtype), batch).float().cpu()
 
         def on_tile(done: int, total: int) -> None:
             emit(on_progress, "network", done, total)
@@ -143,7 +145,7 @@ class LiteStudent:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtype."""
         saved = self.placement
         self.net.float()
-        self.placement = Placement(saved.device, torch.float32, torch.float32)
+        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
         try:
             yield
         finally:

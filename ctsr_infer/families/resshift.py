@@ -112,8 +112,8 @@ class ResShiftModel:
         vq_state = {k[len("net.vq."):]: v for k, v in student.tensors.items() if k.startswith("net.vq.")}
         load_ldm_state(self.vq, vq_state, self.vq_config, source="resshift student `net.vq.*`")
         self.placement = placement
-        self.net = nn.Module.to(self.net.eval().requires_grad_(False), device=placement.device, dtype=placement.dtype)
-        self.vq = nn.Module.to(self.vq, device=placement.device, dtype=placement.vae_dtype)
+        self.net = placement.place(self.net.eval().requires_grad_(False))
+        self.vq = placement.place(self.vq, placement.vae_dtype)
 
     # -- the runtime path --------------------------------------------------------------------
 
@@ -177,7 +177,7 @@ class ResShiftModel:
         plan = plan or TilePlan.untiled()
 
         def run(tile: int) -> torch.Tensor:
-            return tiled_vae(lambda x: vq.encoder(x.to(device, dtype)), vq.encoder, image, scale=Fraction(1, SCALE), tile=tile,
+            return tiled_vae(lambda x: vq.encoder(self.placement.prepare(x, dtype)), vq.encoder, image, scale=Fraction(1, SCALE), tile=tile,
                              overlap=plan.vae_overlap, context=plan.vae_context, mode=plan.vae_mode, align=SCALE,
                              sample_tiles=plan.vae_sample_tiles, on_tile=lambda d, n: emit(on_progress, "encode", d, n))
 
@@ -192,7 +192,7 @@ class ResShiftModel:
         hidden = vq.post_quant_conv(quant.to(device, dtype)).cpu()
 
         def run(tile: int) -> torch.Tensor:
-            return tiled_vae(lambda x: vq.decoder(x.to(device, dtype)), vq.decoder, hidden, scale=Fraction(SCALE), tile=max(1, tile // SCALE),
+            return tiled_vae(lambda x: vq.decoder(self.placement.prepare(x, dtype)), vq.decoder, hidden, scale=Fraction(SCALE), tile=max(1, tile // SCALE),
                              overlap=plan.vae_overlap // SCALE, context=plan.vae_context // SCALE, mode=plan.vae_mode, align=1,
                              sample_tiles=plan.vae_sample_tiles, on_tile=lambda d, n: emit(on_progress, "decode", d, n))
 
@@ -207,7 +207,7 @@ class ResShiftModel:
 
         def network(piece: torch.Tensor) -> torch.Tensor:
             steps = torch.full((piece.shape[0],), t, device=device, dtype=torch.long)
-            piece = piece.to(device, dtype)
+            piece = self.placement.prepare(piece, dtype)
             return self.net(piece[:, :channels], steps, piece[:, channels:]).float().cpu()
 
         joined = torch.cat([z_scaled.float().cpu(), y.float().cpu()], dim=1)
@@ -226,7 +226,7 @@ class ResShiftModel:
         saved = self.placement
         nn.Module.to(self.net, torch.float32)
         nn.Module.to(self.vq, torch.float32)
-        self.placement = Placement(saved.device, torch.float32, torch.float32)
+        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
         try:
             yield
         finally:

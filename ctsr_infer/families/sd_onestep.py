@@ -173,8 +173,8 @@ class SDOneStep:
                     fuse(layer.weight.data, lora_delta(a, b, scale=adapter.scale, key=key), key=key)
                     self.ctrl[f"{name}.weight"] = (a, b, adapter.scale)
         # nn.Module.to, not diffusers' override: it warns about casting, and fusing was done in fp32 on purpose
-        self.unet = nn.Module.to(unet, device=placement.device, dtype=placement.dtype)
-        self.vae = nn.Module.to(vae, device=placement.device, dtype=placement.vae_dtype)
+        self.unet = placement.place(unet)
+        self.vae = placement.place(vae, placement.vae_dtype)
         self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
         if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
             raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
@@ -296,7 +296,7 @@ class SDOneStep:
 
         def run(tile: int) -> torch.Tensor:
             def encoder(x: torch.Tensor) -> torch.Tensor:
-                return vae.encoder(x.to(device, dtype))
+                return vae.encoder(self.placement.prepare(x, dtype))
 
             return tiled_vae(encoder, vae.encoder, image, scale=Fraction(1, 8), tile=tile, overlap=plan.vae_overlap,
                              context=plan.vae_context, mode=plan.vae_mode, align=8, sample_tiles=plan.vae_sample_tiles,
@@ -330,7 +330,7 @@ class SDOneStep:
             batch = z.shape[0]
             return functional_call(
                 self.unet, overrides,
-                (z.to(self.placement.device, self.placement.dtype), torch.full((batch,), timestep, device=self.placement.device, dtype=torch.long)),
+                (self.placement.prepare(z), torch.full((batch,), timestep, device=self.placement.device, dtype=torch.long)),
                 {"encoder_hidden_states": self.prompt_embeds.expand(batch, -1, -1)}, strict=False,
             ).sample.float()
 
@@ -345,7 +345,7 @@ class SDOneStep:
 
         def run(tile: int) -> torch.Tensor:
             def decoder(x: torch.Tensor) -> torch.Tensor:
-                return vae.decoder(x.to(device, dtype))
+                return vae.decoder(self.placement.prepare(x, dtype))
 
             return tiled_vae(decoder, vae.decoder, z, scale=Fraction(8), tile=max(1, tile // 8), overlap=plan.vae_overlap // 8,
                              context=plan.vae_context // 8, mode=plan.vae_mode, align=1, sample_tiles=plan.vae_sample_tiles,
@@ -367,7 +367,7 @@ class SDOneStep:
     def _unet(self, latents: torch.Tensor, timestep: int) -> torch.Tensor:
         batch = latents.shape[0]
         timesteps = torch.full((batch,), timestep, device=self.placement.device, dtype=torch.long)
-        out = self.unet(latents.to(self.placement.device, self.placement.dtype), timesteps,
+        out = self.unet(self.placement.prepare(latents), timesteps,
                         encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1))
         return out.sample.float()
 
@@ -378,7 +378,7 @@ class SDOneStep:
         nn.Module.to(self.unet, torch.float32)
         nn.Module.to(self.vae, torch.float32)
         self.prompt_embeds = self.prompt_embeds.float()
-        self.placement = Placement(saved.device, torch.float32, torch.float32)
+        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
         try:
             yield
         finally:

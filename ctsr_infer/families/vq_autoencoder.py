@@ -13,14 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from ..errors import IncompatibleWeightsError
 
-__all__ = ["VQConfig", "build_vq", "ldm_to_diffusers", "load_ldm_state", "quantize_nearest"]
+__all__ = ["VQConfig", "build_vq", "ldm_to_diffusers", "diffusers_to_ldm", "load_ldm_state", "quantize_nearest"]
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,15 @@ def ldm_to_diffusers(state: Mapping[str, torch.Tensor], config: VQConfig, *, sou
         if ".attentions.0.to_" in name and name.endswith(".weight") and value.dim() == 4:
             value = value[:, :, 0, 0]
         out[name] = value
+    return out
+
+
+def diffusers_to_ldm(state: Mapping[str, torch.Tensor], config: VQConfig) -> dict[str, torch.Tensor]:
+    """The inverse of :func:`ldm_to_diffusers`: a diffusers ``VQModel`` state dict in the public layout."""
+    out = {}
+    for key in _public_keys(config):
+        value = state[cast(str, _map_key(key, len(config.ch_mult)))]
+        out[key] = value[:, :, None, None] if ".attn_1." in key and key.endswith(".weight") and ".norm." not in key else value
     return out
 
 

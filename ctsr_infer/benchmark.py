@@ -1,0 +1,163 @@
+"""Per-stage speed and memory of one configuration: the harness behind ``ctsr bench`` and ``benchmarks/``.
+
+Speed and memory do not depend on weight values, so the families can be measured at full size with
+random weights anywhere (:func:`random_model`): ``sd-onestep`` is SD 2.1-base's UNet (865 M) and VAE
+(84 M), ``resshift-onestep`` ResShift's Swin-UNet (118.6 M) and VQ-f4 (55.3 M); ``lite`` is the
+shipped model. Each configuration runs in a fresh process (:func:`run_isolated`) so its peak RSS is
+its own. Stage times come from the progress events: a stage lasts from the end of the previous
+stage to its own last event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "FAMILY_NAMES"]
+
+SD21_UNET: dict[str, Any] = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+)
+SD21_VAE: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=768,
+)
+FAMILY_NAMES = ("sd-onestep", "resshift-onestep", "lite")
+STAGES = ("preprocess", "encode", "denoise", "knob", "decode", "network", "colour fix")
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory in GiB (VmHWM; ru_maxrss as the fallback)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def random_model(family: str, *, device: str = "cpu", dtype: str = "fp32", channels_last: bool = False, seed: int = 0):
+    """A full-size model of ``family`` with random weights (``lite``: the shipped model) as an Upscaler."""
+    from .checkpoints import StudentFile, StudentMeta
+    from .device import resolve
+    from .knob import Knob
+    from .pipeline import Upscaler, load
+
+    placement = resolve(device, dtype, channels_last=channels_last)
+    torch.manual_seed(seed)
+    if family == "lite":
+        return load("ctsr-lite", device=device, dtype=dtype, channels_last=channels_last)
+    if family == "sd-onestep":
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from .families.sd_onestep import SDOneStep, alphas_cumprod_scaled_linear
+
+        student = StudentFile(StudentMeta(family="sd-onestep", color_fix="wavelet"), {"prompt_embeds": torch.randn(1, 77, 1024) * 0.1})
+        unet, vae = UNet2DConditionModel(**SD21_UNET).eval(), AutoencoderKL(**SD21_VAE).eval()
+        return Upscaler(SDOneStep(student, unet, vae, alphas_cumprod_scaled_linear(), placement), name="sd21-random")
+    if family == "resshift-onestep":
+        from .families.resshift import ResShiftModel, student_config
+        from .families.shift_diffusion import ShiftSchedule
+        from .families.swin_unet import SwinUNet, SwinUNetConfig
+        from .families.vq_autoencoder import VQConfig, build_vq, diffusers_to_ldm
+
+        vq_config = VQConfig()
+        tensors = {f"net.unet.{k}": v for k, v in SwinUNet().state_dict().items()}
+        tensors.update({f"net.vq.{k}": v for k, v in diffusers_to_ldm(build_vq(vq_config).state_dict(), vq_config).items()})
+        meta = StudentMeta(family="resshift-onestep", knob=Knob(kind="none"), color_fix="none", timestep=14,
+                           config=student_config(unet=SwinUNetConfig(), vq=vq_config, schedule=ShiftSchedule(), sampler="onestep"))
+        return Upscaler(ResShiftModel(StudentFile(meta, tensors), placement), name="resshift-random")
+    raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_NAMES}")
+
+
+@dataclass
+class BenchResult:
+    model: str
+    size: int
+    dtype: str
+    channels_last: bool
+    runs: int
+    load_seconds: float
+    seconds: float
+    """Median end-to-end seconds of one image (after warm-up)."""
+    stages: dict[str, float]
+    """Median seconds per stage."""
+    peak_rss_gb: float
+    peak_device_gb: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    psnr_vs_fp32: float | None = None
+
+
+def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool = False, runs: int = 3, warmup: int = 1,
+            device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
+    """Load ``model`` (a family name for random full-size weights, or a model id / student path),
+    upscale one random image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians."""
+    from .pipeline import load
+
+    options = dict(options or {})
+    start = time.perf_counter()
+    if model in FAMILY_NAMES:
+        upscaler = random_model(model, device=device, dtype=dtype, channels_last=channels_last)
+    else:
+        upscaler = load(model, device=device, dtype=dtype, channels_last=channels_last)
+    load_seconds = time.perf_counter() - start
+    scale = options.get("scale") or upscaler.default_scale
+    side = max(1, round(size / scale))
+    image = np.random.default_rng(0).random((side, side, 3)).astype(np.float32)
+    totals: list[float] = []
+    per_stage: dict[str, list[float]] = {}
+    out = None
+    for index in range(warmup + runs):
+        stamps: list[tuple[str, float]] = []
+        begin = time.perf_counter()
+        out = upscaler.upscale(image, on_progress=lambda e: stamps.append((e.stage, time.perf_counter())), **options)
+        end = time.perf_counter()
+        if index < warmup:
+            continue
+        totals.append(end - begin)
+        previous = begin
+        for stage in STAGES:
+            times = [t for s, t in stamps if s == stage]
+            if times:
+                per_stage.setdefault(stage, []).append(max(times) - previous)
+                previous = max(times)
+        per_stage.setdefault("image out", []).append(end - previous)
+    if save and out is not None:
+        np.save(save, np.asarray(out))
+    device_peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() and device.startswith("cuda") else None
+    return BenchResult(model=model, size=size, dtype=dtype, channels_last=channels_last, runs=runs, load_seconds=load_seconds,
+                       seconds=statistics.median(totals), stages={k: statistics.median(v) for k, v in per_stage.items()},
+                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options)
+
+
+def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool = False, runs: int = 3, warmup: int = 1,
+                 device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
+    """:func:`measure` in a fresh Python process (so peak RSS is this configuration's alone)."""
+    spec = json.dumps({"model": model, "size": size, "dtype": dtype, "channels_last": channels_last, "runs": runs,
+                       "warmup": warmup, "device": device, "options": dict(options or {}), "save": save})
+    done = subprocess.run([sys.executable, "-m", "ctsr_infer.benchmark", spec], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {model} at {size} px ({dtype}) failed:\n{done.stderr[-2000:]}")
+    return BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+if __name__ == "__main__":
+    arguments = json.loads(sys.argv[1])
+    print(json.dumps(asdict(measure(**arguments))))

@@ -1,0 +1,48 @@
+"""`ctsr bench` and the fast paths it measures: results are shaped right and each fast path computes
+the same image as the plain path (channels-last exactly, bf16 within the accuracy guard)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import ctsr_infer
+from ctsr_infer.cli import app
+from ctsr_infer.metrics import psnr
+
+
+def test_bench_cli_writes_per_stage_results(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["bench", "--model", "lite", "--size", "64", "--dtype", "fp32", "--dtype", "bf16",
+                                      "--runs", "1", "--warmup", "0", "--json", str(tmp_path / "b.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "b.json").read_text())
+    assert [r["dtype"] for r in rows] == ["fp32", "bf16"]
+    for row in rows:
+        assert row["size"] == 64 and row["runs"] == 1 and row["seconds"] > 0 and row["peak_rss_gb"] > 0
+        assert set(row["stages"]) >= {"preprocess", "network", "image out"}
+        assert sum(row["stages"].values()) == pytest.approx(row["seconds"], rel=0.05)
+    assert rows[0]["psnr_vs_fp32"] is None and rows[1]["psnr_vs_fp32"] > 40
+
+
+@pytest.mark.parametrize("fixture", ["upscaler", "ctsr_upscaler"])
+def test_channels_last_gives_the_same_image_sd(fixture: str, request: pytest.FixtureRequest, student_path: Path,
+                                               ctsr_student_path: Path) -> None:
+    path = student_path if fixture == "upscaler" else ctsr_student_path
+    plain = request.getfixturevalue(fixture)
+    fast = ctsr_infer.load(str(path), device="cpu", channels_last=True)
+    image = np.random.default_rng(0).random((24, 20, 3)).astype(np.float32)
+    t = None if fixture == "upscaler" else 0.6
+    a, b = plain.upscale(image, t=t), fast.upscale(image, t=t)
+    assert np.abs(a - b).max() < 2e-4
+
+
+def test_channels_last_and_bf16_lite() -> None:
+    image = np.random.default_rng(1).random((40, 40, 3)).astype(np.float32)
+    plain = ctsr_infer.load("ctsr-lite").upscale(image, t=0.3)
+    assert np.abs(ctsr_infer.load("ctsr-lite", channels_last=True).upscale(image, t=0.3) - plain).max() < 1e-4
+    bf16 = ctsr_infer.load("ctsr-lite", dtype="bf16", channels_last=True).upscale(image, t=0.3)
+    assert psnr(bf16.astype(np.float64), plain.astype(np.float64)) > 40
