@@ -9,10 +9,13 @@ tiler whose GroupNorms use statistics shared across all tiles.
   statistics of the *whole* image, so tone does not jump between tiles:
   - ``exact``: all tiles run in lockstep (one thread each); at each GroupNorm every tile adds the
     sums over its own core region (context excluded, so no pixel counts twice), waits for the
-    others, and normalises with the global mean and variance: the untiled statistics exactly.
-    Holds every tile's activations at once (like the untiled run), so it is for sizes that fit.
-  - ``fast``: the statistics are recorded once on a downscaled copy of the input; tiles then run one
-    at a time with them: memory of one tile, statistics approximate.
+    others, and normalises with the global mean and variance: the untiled statistics exactly. At
+    each spatial self-attention (the VAE's mid block) every tile's queries attend to the keys and
+    values of all tiles' owned parts, i.e. of the whole image, as untiled. Holds every tile's
+    activations at once (like the untiled run), so it is for sizes that fit.
+  - ``fast``: a few tiles spread over the image run in lockstep as above; the others then run one at
+    a time with those GroupNorm statistics and attend to the sampled tiles' keys and values plus
+    their own: memory of the sampled tiles, statistics and attention approximate.
   OSEDiff's VAEHook averages per-tile statistics that include the padding, and diffusers'
   ``enable_tiling`` normalises each tile alone (tone jumps); both are what this improves on.
 * :func:`with_oom_retry` halves the tile on an out-of-memory error, down to a floor.
@@ -280,20 +283,31 @@ class _Lockstep:
         self.lock = threading.Lock()
         self.partials: dict[int, list[tuple[torch.Tensor, torch.Tensor, int]]] = {}
         self.stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv_parts: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        self.pools: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.local = threading.local()
 
-    def forward(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    def _owned_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """This thread's owned box in the coordinates of an activation of ``height`` x ``width``."""
         tile: Tile = self.local.tile
+        s = Fraction(height, tile.c_bottom - tile.c_top)  # activation pixels per input pixel at this layer
+        return (int((tile.o_top - tile.c_top) * s), int((tile.o_bottom - tile.c_top) * s),
+                int((tile.o_left - tile.c_left) * s), int((tile.o_right - tile.c_left) * s))
+
+    def _grid(self, x: torch.Tensor) -> torch.Tensor:
+        """A (N, C, H*W) activation (attention's GroupNorm) back on its (N, C, H, W) grid."""
+        if x.dim() != 3:
+            return x
+        tile: Tile = self.local.tile
+        height, width = tile.c_bottom - tile.c_top, tile.c_right - tile.c_left
+        s = Fraction(math.isqrt(x.shape[-1] * height * width), height * width)
+        return x.reshape(x.shape[0], x.shape[1], int(height * s), int(width * s))
+
+    def forward(self, norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
         index = self.local.index
         self.local.index += 1
-        height, width = tile.c_bottom - tile.c_top, tile.c_right - tile.c_left
-        if x.dim() == 3:  # attention's GroupNorm sees (N, C, H*W)
-            s = Fraction(math.isqrt(x.shape[-1] * height * width), height * width)
-            grid = x.reshape(x.shape[0], x.shape[1], int(height * s), int(width * s))
-        else:
-            s, grid = Fraction(x.shape[-2], height), x  # activation pixels per input pixel at this layer
-        t, l = int((tile.o_top - tile.c_top) * s), int((tile.o_left - tile.c_left) * s)
-        b, r = int((tile.o_bottom - tile.c_top) * s), int((tile.o_right - tile.c_left) * s)
+        grid = self._grid(x)
+        t, b, l, r = self._owned_box(grid.shape[-2], grid.shape[-1])
         partial = _sums(grid[..., t:b, l:r], norm.num_groups)
         with self.lock:
             self.partials.setdefault(index, []).append(partial)
@@ -307,12 +321,31 @@ class _Lockstep:
             mean, var = self.stats[index]
         return _norm_with(x, norm, mean.to(x.device), var.to(x.device))
 
+    def gather(self, keys: torch.Tensor, values: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention keys/values (N, H*W, C) of this tile -> those of every lockstep tile's owned part,
+        concatenated (each image position once). Kept in ``pools`` for tiles that run later."""
+        index = self.local.attention
+        self.local.attention += 1
+        t, b, l, r = self._owned_box(height, width)
+
+        def owned(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(x.shape[0], height, width, -1)[:, t:b, l:r].reshape(x.shape[0], -1, x.shape[-1])
+
+        with self.lock:
+            self.kv_parts.setdefault(index, []).append((self.local.position, owned(keys), owned(values)))
+        self.barrier.wait()
+        with self.lock:
+            if index not in self.pools:
+                parts = sorted(self.kv_parts.pop(index), key=lambda p: p[0])
+                self.pools[index] = (torch.cat([p[1] for p in parts], dim=1), torch.cat([p[2] for p in parts], dim=1))
+            return self.pools[index]
+
     def run(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
         results: list[torch.Tensor | None] = [None] * len(self.tiles)
         errors: list[BaseException] = []
 
         def worker(position: int, tile: Tile) -> None:
-            self.local.tile, self.local.index = tile, 0
+            self.local.tile, self.local.index, self.local.attention, self.local.position = tile, 0, 0, position
             try:
                 with torch.inference_mode():
                     results[position] = fn(x[..., tile.c_top : tile.c_bottom, tile.c_left : tile.c_right]).cpu()
@@ -330,6 +363,65 @@ class _Lockstep:
         if errors:
             raise errors[0]
         return [r for r in results if r is not None]
+
+
+class _SharedAttention:
+    """A diffusers attention processor for the VAE's spatial self-attention under tiling: each tile's
+    queries attend to the keys and values of the whole image (``exact``: every tile's owned part,
+    gathered in lockstep) or of the statistics tiles plus the tile itself (``fast``), rather than
+    to the tile's own context only."""
+
+    def __init__(self, lockstep: _Lockstep) -> None:
+        self.lockstep = lockstep
+        self.alone = threading.local()
+        """Set while a tile runs alone (fast mode): keys/values come from the stored pools."""
+
+    def restart(self) -> None:
+        self.alone.index = 0
+
+    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: object, **kwargs: object) -> torch.Tensor:
+        if hidden_states.dim() != 4 or encoder_hidden_states is not None or attention_mask is not None:
+            raise InvalidInputError("tiled VAE attention expects spatial self-attention without a mask")
+        residual = hidden_states
+        batch, channels, height, width = hidden_states.shape
+        tokens = hidden_states.reshape(batch, channels, height * width)
+        if getattr(attn, "group_norm", None) is not None:
+            tokens = attn.group_norm(tokens)  # type: ignore[operator]
+        tokens = tokens.transpose(1, 2)
+        query, key, value = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)  # type: ignore[operator]
+        if getattr(self.alone, "index", None) is None:
+            key, value = self.lockstep.gather(key, value, height, width)
+        else:
+            index = self.alone.index
+            self.alone.index += 1
+            pool_k, pool_v = self.lockstep.pools[index]
+            key, value = torch.cat([pool_k.to(key), key], dim=1), torch.cat([pool_v.to(value), value], dim=1)
+        heads = int(attn.heads)  # type: ignore[arg-type]
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(split(query), split(key), split(value))
+        out = out.transpose(1, 2).reshape(batch, -1, query.shape[-1]).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))  # type: ignore[index]
+        out = out.transpose(1, 2).reshape(batch, channels, height, width)
+        if getattr(attn, "residual_connection", False):
+            out = out + residual
+        return out / float(getattr(attn, "rescale_output_factor", 1.0))
+
+
+@contextmanager
+def _shared_attention(module: nn.Module, processor: _SharedAttention) -> Iterator[None]:
+    layers = [m for m in module.modules() if hasattr(m, "processor") and hasattr(m, "to_q") and hasattr(m, "to_out")]
+    saved = [m.processor for m in layers]
+    for layer in layers:
+        layer.processor = processor
+    try:
+        yield
+    finally:
+        for layer, original in zip(layers, saved):
+            layer.processor = original
 
 
 def _spread(tiles: list[Tile], count: int) -> list[int]:
@@ -372,7 +464,8 @@ def tiled_vae(
     tiles = plan_tiles(height, width, tile=tile, overlap=overlap, context=context, align=align)
     chosen = list(range(len(tiles))) if mode == "exact" else _spread(tiles, sample_tiles)
     lockstep = _Lockstep([tiles[i] for i in chosen])
-    with _patched_norms(module, lockstep.forward):
+    attention = _SharedAttention(lockstep)
+    with _patched_norms(module, lockstep.forward), _shared_attention(module, attention):
         first = lockstep.run(fn, x)
     if on_tile is not None:
         on_tile(len(chosen), len(tiles))
@@ -380,12 +473,13 @@ def tiled_vae(
 
     def pieces() -> Iterator[tuple[Tile, torch.Tensor]]:
         stats = [lockstep.stats[k] for k in range(len(lockstep.stats))]
-        with shared_group_norm(module, stats) as restart:
+        with shared_group_norm(module, stats) as restart, _shared_attention(module, attention):
             for index, t in enumerate(tiles):
                 if index in done:
                     yield t, done.pop(index)
                     continue
                 restart()
+                attention.restart()
                 with torch.inference_mode():
                     yield t, fn(x[..., t.c_top : t.c_bottom, t.c_left : t.c_right]).cpu()
                 if on_tile is not None:

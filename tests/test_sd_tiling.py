@@ -60,6 +60,24 @@ def test_exact_tiled_vae_matches_untiled_and_beats_independent_tiles() -> None:
     assert errors[0] > 15 and errors[1] > errors[0] + 3
 
 
+def test_exact_mode_shares_the_mid_block_attention_across_tiles() -> None:
+    # with attention the tiles' queries attend to the keys and values of the whole image, so exact
+    # mode stays exact (measured: encoder 4e-6, decoder 131 dB; tile-local attention: 0.09 and 40 dB)
+    vae = tiny_vae(attention=True)
+    image = _photo(192, 256)
+    with torch.inference_mode():
+        reference = vae.encoder(image)
+        latent = vae.quant_conv(reference)[:, :4]
+        decoded = vae.decoder(latent)
+    enc = tiled_vae(vae.encoder, vae.encoder, image, scale=Fraction(1, 8), tile=64, overlap=16, context=128, mode="exact")
+    assert torch.allclose(enc, reference, atol=1e-4)
+    dec = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="exact", align=1)
+    as_image = lambda t: ((t.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()  # noqa: E731
+    assert psnr(as_image(dec), as_image(decoded)) > 80
+    # the model's own attention processors are back afterwards
+    assert all(type(m.processor).__name__ != "_SharedAttention" for m in vae.modules() if hasattr(m, "processor"))
+
+
 def test_pipeline_tiled_against_untiled(tmp_path, base_dir) -> None:
     import ctsr_infer
     from ctsr_infer.checkpoints import StudentFile, StudentMeta, save_student
