@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,35 +124,99 @@ def run_batch(
     overwrite: bool = False,
     on_progress: ProgressCallback | None = None,
     on_item: Callable[[BatchItem], None] | None = None,
+    pipelined: bool = True,
     **options: Any,
 ) -> BatchReport:
     """Run ``upscaler.process`` over ``jobs``. A failing file is recorded and the rest go on.
 
     Existing outputs are skipped unless ``overwrite``; outputs are written atomically.
     ``options`` go to ``Upscaler.process`` (scale, color_fix, knob_steps, seed, encode).
+    ``pipelined``: the next file is decoded and the previous one encoded and written on a worker
+    thread while the current one is computed (image codecs release the GIL); items are still
+    reported in order, each once its outputs are on disk.
     """
     report = BatchReport()
     t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
-    for index, job in enumerate(jobs):
-        emit(on_progress, "file", index, len(jobs))
-        start = time.perf_counter()
-        if not overwrite and all(p.exists() for p in job.outputs):
-            item = BatchItem(job.source, job.outputs, "skipped", "output exists (use --overwrite)")
-        else:
-            try:
-                data = read_image(job.source)
-                results = upscaler.process(data, t=t_arg, on_progress=on_progress, **options)
-                for result, path in zip(results, job.outputs, strict=True):
-                    if overwrite or not path.exists():
-                        write_image(result, path, overwrite=overwrite)
-                item = BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:  # one bad file must not stop the batch; it is reported
-                logger.debug("failed on %s", job.source, exc_info=True)
-                item = BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+
+    def skipped(job: Job) -> bool:
+        return not overwrite and all(p.exists() for p in job.outputs)
+
+    def write(results: list[Any], job: Job) -> None:
+        for result, path in zip(results, job.outputs, strict=True):
+            if overwrite or not path.exists():
+                write_image(result, path, overwrite=overwrite)
+
+    def finish(item: BatchItem) -> None:
         report.items.append(item)
         if on_item is not None:
             on_item(item)
+
+    def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
+        logger.debug("failed on %s", job.source, exc_info=exc)
+        return BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctsr-io") as io:
+        def read(index: int) -> Future[Any] | None:
+            if index >= len(jobs) or skipped(jobs[index]):
+                return None
+            if pipelined:
+                return io.submit(read_image, jobs[index].source)
+            done: Future[Any] = Future()
+            try:
+                done.set_result(read_image(jobs[index].source))
+            except Exception as exc:  # noqa: BLE001 - reported with the file
+                done.set_exception(exc)
+            return done
+
+        pending: tuple[Job, float, Future[None]] | None = None  # the previous file's write
+
+        def settle() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            job, start, future = pending
+            pending = None
+            try:
+                future.result()
+                finish(BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                finish(failed(job, exc, start))
+
+        upcoming = read(0)
+        for index, job in enumerate(jobs):
+            emit(on_progress, "file", index, len(jobs))
+            start = time.perf_counter()
+            current, upcoming = upcoming, None
+            if current is None:
+                upcoming = read(index + 1)
+                settle()
+                finish(BatchItem(job.source, job.outputs, "skipped", "output exists (use --overwrite)"))
+                continue
+            try:
+                data = current.result()
+                upcoming = read(index + 1)
+                results = upscaler.process(data, t=t_arg, on_progress=on_progress, **options)
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch; it is reported
+                if upcoming is None:
+                    upcoming = read(index + 1)
+                settle()
+                finish(failed(job, exc, start))
+                continue
+            settle()
+            if pipelined:
+                pending = (job, start, io.submit(write, results, job))
+            else:
+                try:
+                    write(results, job)
+                    finish(BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start))
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    finish(failed(job, exc, start))
+        settle()
     emit(on_progress, "file", len(jobs), len(jobs))
     return report
