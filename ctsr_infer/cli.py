@@ -452,6 +452,47 @@ def train_lite_command(
     out.print(f"wrote {path}")
 
 
+@train_app.command("ctsr-stage2")
+def train_ctsr_stage2(
+    stage1: Annotated[Path, typer.Option("--stage1", help="The stage-1 student file (e.g. a converted OSEDiff, or stage 1's export).")],
+    base: Annotated[Path, typer.Option("--base", help="Local diffusers folder of SD 2.1-base.")],
+    images: Annotated[Path, typer.Option("--images", help="Folder of low-resolution training images.")],
+    output: Annotated[Path, typer.Option("--out", help="Student file to write (.safetensors), knob ctsr-flow.")],
+    steps: Annotated[int, typer.Option(help="Optimiser steps (paper: 50,000).")] = 50_000,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-5).")] = 5e-5,
+    rank: Annotated[int, typer.Option(help="Rank of the ctrl LoRA (paper: 4).")] = 4,
+    tau_start: Annotated[int, typer.Option(help="UNet timestep at t = 0.")] = 0,
+    tau_end: Annotated[int, typer.Option(help="UNet timestep at t = 1.")] = 999,
+    crop: Annotated[int, typer.Option(help="Low-resolution crop side per sample.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of crops, (t, t') draws and initialisation.")] = 0,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file: written every 1000 steps, resumed from when present.")] = None,
+) -> None:
+    """CTSR stage 2: distil the fidelity path of the stage-1 student into a ctrl LoRA (Eq. 8)."""
+    import numpy as np
+
+    from .image import IMAGE_EXTENSIONS, read_image
+    from .train.ctsr_stage2 import Stage2Config, Stage2Trainer, lr_batches
+
+    files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if images.is_dir() else []
+    if not files:
+        raise typer.BadParameter(f"--images `{images}` holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))}).")
+    pixels = [np.asarray(read_image(f).pixels, dtype=np.float32)[..., :3] for f in files]
+    config = Stage2Config(steps=steps, lr=lr, rank=rank, alpha=float(rank), tau_start=tau_start, tau_end=tau_end, seed=seed)
+    trainer = Stage2Trainer(stage1, base, config)
+    if checkpoint is not None and checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint)
+        err.print(f"resumed from {checkpoint} at step {trainer.step}")
+    batches = lr_batches(pixels, batch=config.batch, crop=crop, seed=seed + trainer.step)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                   disable=not err.is_terminal)
+    with bar:
+        task = bar.add_task("stage 2", total=steps, completed=trainer.step)
+        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, loss: bar.update(task, completed=step, description=f"stage 2 loss {loss:.4g}"))
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint)
+    out.print(f"wrote {trainer.export(output)}")
+
+
 def main() -> None:
     try:
         app()
