@@ -1,0 +1,139 @@
+"""The trainable SD one-step student: base UNet + VAE with the student's LoRA adapters as peft
+adapters (OSEDiff's layout when started from a converted OSEDiff: three UNet adapters, one on the
+VAE encoder, and ``conv_in`` trained in full), and its export back to a student file.
+
+The forward pass is the runtime's (``families/sd_onestep.py``): bicubic-upsampled input in [-1, 1],
+VAE posterior mean x 0.18215, one UNet call at the student's timestep with its prompt embedding, z0
+in closed form, decode. At inference the LoRA is fused into the weights; here it stays a peft branch
+(W x + s B A x), which agrees with the fused weights to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..checkpoints import Adapter, StudentFile, load_student, save_student
+from ..errors import IncompatibleWeightsError
+from ..families.sd_onestep import VAE_SCALING, load_base, predict_x0
+
+__all__ = ["TrainableStudent"]
+
+
+class TrainableStudent(nn.Module):
+    """An sd-onestep student whose ``sr`` LoRA adapters (and ``conv_in`` when the file overrides it)
+    are trainable; everything else is frozen."""
+
+    def __init__(self, student: StudentFile, base: str | os.PathLike[str]) -> None:
+        from peft import LoraConfig
+
+        super().__init__()
+        if student.meta.family != "sd-onestep":
+            raise IncompatibleWeightsError(f"a trainable SD student must be of family sd-onestep, not {student.meta.family!r}.")
+        self.student = student
+        unet, vae, alphas = load_base(base)
+        self.unet, self.vae = unet.requires_grad_(False), vae.requires_grad_(False)
+        self.register_buffer("alphas_cumprod", alphas, persistent=False)
+        self.register_buffer("prompt_embeds", student.prompt_embeds.float(), persistent=False)  # type: ignore[union-attr]
+        self.timestep = student.meta.timestep
+        self.adapters = {"unet": [], "vae": []}  # type: dict[str, list[str]]
+        for adapter in student.meta.adapters:
+            if adapter.phase != "sr":
+                raise IncompatibleWeightsError("stage 1 trains the SR adapters; this file already has a ctrl adapter.")
+            module = self.unet if adapter.component == "unet" else self.vae
+            pairs = student.lora_pairs(adapter)
+            module.add_adapter(LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=sorted(pairs)), adapter_name=adapter.name)
+            with torch.no_grad():
+                for name, (a, b) in pairs.items():
+                    layer = module.get_submodule(name)
+                    layer.lora_A[adapter.name].weight.copy_(a.reshape(layer.lora_A[adapter.name].weight.shape))
+                    layer.lora_B[adapter.name].weight.copy_(b.reshape(layer.lora_B[adapter.name].weight.shape))
+            self.adapters[adapter.component].append(adapter.name)
+        for component, names in self.adapters.items():
+            if names:
+                (self.unet if component == "unet" else self.vae).set_adapter(names)
+        self.overrides = student.base_overrides("unet")
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for name, tensor in self.overrides.items():
+                target = params.get(name) or params.get(name.replace("conv_in.", "conv_in.base_layer."))
+                if target is None or target.shape != tensor.shape:
+                    raise IncompatibleWeightsError(f"`base.unet.{name}` does not fit the base UNet.")
+                target.copy_(tensor)
+        for name, param in self.unet.named_parameters():
+            param.requires_grad_("lora_" in name or (bool(self.overrides) and name.startswith("conv_in.") and "lora_" not in name))
+        for name, param in self.vae.named_parameters():
+            param.requires_grad_("lora_" in name)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], base: str | os.PathLike[str]) -> TrainableStudent:
+        return cls(load_student(path), base)
+
+    # -- the one-step path ---------------------------------------------------------------------
+
+    def encode(self, image: torch.Tensor, *, lora: bool = True) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] -> scaled posterior mean; ``lora=False``: the frozen base encoder."""
+        if lora:
+            return self.vae.encode(image).latent_dist.mean * VAE_SCALING
+        with _Adapters(self.vae):
+            return self.vae.encode(image).latent_dist.mean * VAE_SCALING
+
+    def eps(self, z: torch.Tensor, timestep: int | torch.Tensor) -> torch.Tensor:
+        steps = torch.as_tensor(timestep, device=z.device).reshape(-1).expand(z.shape[0])
+        return self.unet(z, steps, encoder_hidden_states=self.prompt_embeds.expand(z.shape[0], -1, -1)).sample.float()
+
+    def sr_latent(self, upsampled: torch.Tensor) -> torch.Tensor:
+        """Bicubic-upsampled image in [-1, 1] -> z0 of the student (one UNet call)."""
+        z1 = self.encode(upsampled)
+        return predict_x0(z1, self.eps(z1, self.timestep), self.alphas_cumprod, self.timestep)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z / VAE_SCALING).sample.float()
+
+    def forward(self, upsampled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z0, image in [-1, 1], not clamped)."""
+        z0 = self.sr_latent(upsampled)
+        return z0, self.decode(z0)
+
+    # -- export ------------------------------------------------------------------------------------
+
+    def export(self, path: str | os.PathLike[str], *, provenance: dict | None = None) -> Path:
+        """The trained adapters (and conv_in) as a student file with the original metadata."""
+        tensors = {k: v for k, v in self.student.tensors.items() if not k.startswith("lora.") and not k.startswith("base.unet.conv_in")}
+        adapters: list[Adapter] = []
+        for adapter in self.student.meta.adapters:
+            module = self.unet if adapter.component == "unet" else self.vae
+            for name in self.student.lora_pairs(adapter):
+                layer = module.get_submodule(name)
+                a = layer.lora_A[adapter.name].weight.detach().float()
+                b = layer.lora_B[adapter.name].weight.detach().float()
+                tensors[f"lora.{adapter.name}.{adapter.component}.{name}.A"] = a.clone()
+                tensors[f"lora.{adapter.name}.{adapter.component}.{name}.B"] = b.clone()
+            adapters.append(adapter)
+        if self.overrides:
+            params = dict(self.unet.named_parameters())
+            for name in self.overrides:
+                source = params.get(name) or params[name.replace("conv_in.", "conv_in.base_layer.")]
+                tensors[f"base.unet.{name}"] = source.detach().float().clone()
+        meta = replace(self.student.meta, adapters=tuple(adapters),
+                       provenance={**dict(self.student.meta.provenance), **(provenance or {})})
+        return save_student(StudentFile(meta, tensors), path)
+
+
+class _Adapters:
+    """Fallback context: disable a module's peft adapters for the duration."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __enter__(self) -> None:
+        if getattr(self.module, "_hf_peft_config_loaded", False):
+            self.module.disable_adapters()  # type: ignore[operator]
+
+    def __exit__(self, *exc: object) -> None:
+        if getattr(self.module, "_hf_peft_config_loaded", False):
+            self.module.enable_adapters()  # type: ignore[operator]
