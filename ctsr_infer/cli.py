@@ -452,41 +452,89 @@ def train_lite_command(
     out.print(f"wrote {path}")
 
 
+@train_app.command("ctsr-stage1")
+def train_ctsr_stage1(
+    student: Annotated[Path, typer.Option("--student", help="Initial student file (a converted OSEDiff = the realness teacher).")],
+    base: Annotated[Path, typer.Option("--base", help="Local diffusers folder of SD 2.1-base.")],
+    fidelity: Annotated[Path, typer.Option("--fidelity", help="Fidelity teacher: a resshift-onestep student file (e.g. `ctsr models download resshift-x4-s15`).")],
+    photos: Annotated[Path, typer.Option("--photos", help="Folder of high-resolution photographs.")],
+    output: Annotated[Path, typer.Option("--out", help="Student file to write (.safetensors).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Stage-1 settings (.toml, .json, .yaml); flags override it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (paper: 20,000).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (paper: 5e-5).")] = None,
+    perceptual: Annotated[Optional[str], typer.Option(help="lpips-vgg (the paper's; needs the lpips package) or untrained-features (explicit opt-out).")] = None,
+    crop: Annotated[int, typer.Option(help="High-resolution crop side (paper: 512).")] = 512,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data, timesteps and noise.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file: written every `checkpoint_every` steps, resumed from when present.")] = None,
+) -> None:
+    """CTSR stage 1: distil a realness (OSEDiff) and a fidelity (ResShift) teacher into the student's LoRA."""
+    from .train.config import load_config
+    from .train.ctsr_stage1 import Stage1Config, Stage1Trainer, paired_batches
+
+    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if photos.is_dir() else []
+    if not files:
+        raise typer.BadParameter(f"--photos `{photos}` holds no .jpg/.png photographs (scripts/fetch_photos.sh fetches some).")
+    try:
+        settings_ = load_config(Stage1Config, config, steps=steps, lr=lr, perceptual=perceptual, seed=seed)
+        trainer = Stage1Trainer(student, base, fidelity, settings_)
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    if checkpoint is not None and checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint)
+        err.print(f"resumed from {checkpoint} at step {trainer.step}")
+    batches = paired_batches(files, crop=crop, seed=settings_.seed + trainer.step)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                   disable=not err.is_terminal)
+    with bar:
+        task = bar.add_task("stage 1", total=settings_.steps, completed=trainer.step)
+        trainer.train(batches, checkpoint=checkpoint,
+                      on_step=lambda step, terms: bar.update(task, completed=step, description=f"stage 1 loss {terms['total']:.4g}"))
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint)
+    out.print(f"wrote {trainer.export(output)}")
+
+
 @train_app.command("ctsr-stage2")
 def train_ctsr_stage2(
     stage1: Annotated[Path, typer.Option("--stage1", help="The stage-1 student file (e.g. a converted OSEDiff, or stage 1's export).")],
     base: Annotated[Path, typer.Option("--base", help="Local diffusers folder of SD 2.1-base.")],
     images: Annotated[Path, typer.Option("--images", help="Folder of low-resolution training images.")],
     output: Annotated[Path, typer.Option("--out", help="Student file to write (.safetensors), knob ctsr-flow.")],
-    steps: Annotated[int, typer.Option(help="Optimiser steps (paper: 50,000).")] = 50_000,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (paper: 5e-5).")] = 5e-5,
-    rank: Annotated[int, typer.Option(help="Rank of the ctrl LoRA (paper: 4).")] = 4,
-    tau_start: Annotated[int, typer.Option(help="UNet timestep at t = 0.")] = 0,
-    tau_end: Annotated[int, typer.Option(help="UNet timestep at t = 1.")] = 999,
+    config: Annotated[Optional[Path], typer.Option("--config", help="Stage-2 settings (.toml, .json, .yaml); flags override it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (paper: 50,000).")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="AdamW learning rate (paper: 5e-5).")] = None,
+    rank: Annotated[Optional[int], typer.Option(help="Rank of the ctrl LoRA (paper: 4; alpha = rank).")] = None,
+    tau_start: Annotated[Optional[int], typer.Option(help="UNet timestep at t = 0.")] = None,
+    tau_end: Annotated[Optional[int], typer.Option(help="UNet timestep at t = 1.")] = None,
     crop: Annotated[int, typer.Option(help="Low-resolution crop side per sample.")] = 128,
-    seed: Annotated[int, typer.Option(help="Seed of crops, (t, t') draws and initialisation.")] = 0,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file: written every 1000 steps, resumed from when present.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of crops, (t, t') draws and initialisation.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file: written every `checkpoint_every` steps, resumed from when present.")] = None,
 ) -> None:
     """CTSR stage 2: distil the fidelity path of the stage-1 student into a ctrl LoRA (Eq. 8)."""
     import numpy as np
 
     from .image import IMAGE_EXTENSIONS, read_image
+    from .train.config import load_config
     from .train.ctsr_stage2 import Stage2Config, Stage2Trainer, lr_batches
 
     files = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if images.is_dir() else []
     if not files:
         raise typer.BadParameter(f"--images `{images}` holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))}).")
     pixels = [np.asarray(read_image(f).pixels, dtype=np.float32)[..., :3] for f in files]
-    config = Stage2Config(steps=steps, lr=lr, rank=rank, alpha=float(rank), tau_start=tau_start, tau_end=tau_end, seed=seed)
-    trainer = Stage2Trainer(stage1, base, config)
+    try:
+        settings_ = load_config(Stage2Config, config, steps=steps, lr=lr, rank=rank, alpha=None if rank is None else float(rank),
+                                tau_start=tau_start, tau_end=tau_end, seed=seed)
+        trainer = Stage2Trainer(stage1, base, settings_)
+    except CtsrError as exc:
+        raise _fail(exc) from None
     if checkpoint is not None and checkpoint.is_file():
         trainer.load_checkpoint(checkpoint)
         err.print(f"resumed from {checkpoint} at step {trainer.step}")
-    batches = lr_batches(pixels, batch=config.batch, crop=crop, seed=seed + trainer.step)
+    batches = lr_batches(pixels, batch=settings_.batch, crop=crop, seed=settings_.seed + trainer.step)
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                    disable=not err.is_terminal)
     with bar:
-        task = bar.add_task("stage 2", total=steps, completed=trainer.step)
+        task = bar.add_task("stage 2", total=settings_.steps, completed=trainer.step)
         trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, loss: bar.update(task, completed=step, description=f"stage 2 loss {loss:.4g}"))
     if checkpoint is not None:
         trainer.save_checkpoint(checkpoint)

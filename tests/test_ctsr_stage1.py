@@ -112,3 +112,34 @@ def test_resume_and_export_round_trip(student_path: Path, base_dir: Path, fideli
     assert (runtime - training).abs().max() <= 1e-5
     [before] = ctsr_infer.load(str(student_path)).upscale_tensor(lr, color_fix="none")
     assert (runtime - before).abs().max() > 1e-4  # training changed the student
+
+
+def test_cli_trains_from_a_config_file(student_path: Path, base_dir: Path, fidelity: Path, tmp_path: Path) -> None:
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from ctsr_infer.cli import app
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(2):
+        Image.fromarray((np.random.default_rng(index).random((80, 96, 3)) * 255).astype(np.uint8)).save(photos / f"{index}.png")
+    (tmp_path / "cfg.toml").write_text('perceptual = "untrained-features"\nlr = 1e-4\nsteps = 50\n')
+    (tmp_path / "bad.toml").write_text("learning_rate = 1e-4\n")
+    args = ["train", "ctsr-stage1", "--student", str(student_path), "--base", str(base_dir), "--fidelity", str(fidelity),
+            "--photos", str(photos), "--out", str(tmp_path / "s1.safetensors"), "--crop", "64"]
+    bad = CliRunner().invoke(app, [*args, "--config", str(tmp_path / "bad.toml")])
+    assert bad.exit_code == 2 and "learning_rate" in bad.output
+    result = CliRunner().invoke(app, [*args, "--config", str(tmp_path / "cfg.toml"), "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    meta = ctsr_infer.load(str(tmp_path / "s1.safetensors")).meta
+    assert meta.provenance["stage1"]["steps"] == 1 and meta.provenance["stage1"]["lr"] == 1e-4
+
+
+def test_example_configs_are_the_paper_defaults() -> None:
+    from ctsr_infer.train.config import load_config
+    from ctsr_infer.train.ctsr_stage2 import Stage2Config
+
+    root = Path(__file__).parent.parent / "examples" / "train"
+    assert load_config(Stage1Config, root / "ctsr_stage1.toml") == Stage1Config()
+    assert load_config(Stage2Config, root / "ctsr_stage2.toml") == Stage2Config()

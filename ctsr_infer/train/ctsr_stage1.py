@@ -43,7 +43,7 @@ from ..families.sd_onestep import SDOneStep
 from ..checkpoints import load_student
 from .sd_student import TrainableStudent
 
-__all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss"]
+__all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss", "paired_batches"]
 
 
 @dataclass(frozen=True)
@@ -237,3 +237,26 @@ class Stage1Trainer:
 
     def export(self, path: str | os.PathLike[str]) -> Path:
         return self.student.export(path, provenance={"stage1": {"steps": self.step, **asdict(self.config)}})
+
+
+def paired_batches(files: list[Path], *, crop: int, seed: int, long_side: int = 2048) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless seeded (LR, HR) pairs: random HR crops of ``crop`` px from the photos, LR by
+    Real-ESRGAN's second-order degradation (:mod:`.degradations`, x4)."""
+    import numpy as np
+
+    from .degradations import degrade
+    from .lite import load_hr
+
+    if crop % 4:
+        raise InvalidInputError(f"`crop` must be a multiple of 4, got {crop}.")
+    images = [load_hr(f, long_side) for f in files]
+    images = [im for im in images if min(im.shape[-2:]) >= crop]
+    if not images:
+        raise InvalidInputError(f"no photo is at least {crop} px on its short side.")
+    rng = np.random.default_rng(seed)
+    while True:
+        hr_full = images[int(rng.integers(len(images)))]
+        top = int(rng.integers(0, hr_full.shape[-2] - crop + 1))
+        left = int(rng.integers(0, hr_full.shape[-1] - crop + 1))
+        hr = hr_full[..., top : top + crop, left : left + crop]
+        yield degrade(hr, rng), hr

@@ -1,0 +1,43 @@
+"""Typed training configs from a file (``.toml``, ``.json``, or ``.yaml`` when PyYAML is installed,
+as it is with ``accelerate``) plus command-line overrides. Unknown keys are errors."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import InvalidInputError
+
+__all__ = ["load_config"]
+
+C = TypeVar("C")
+
+
+def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
+    """``cls()`` updated from ``path`` and then from the non-None ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        suffix = Path(path).suffix.lower()
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            try:
+                import yaml  # type: ignore[import-untyped]
+            except ImportError as exc:
+                raise InvalidInputError(f"`{path}` is YAML but PyYAML is not installed; use .toml or .json, or `pip install pyyaml`.") from exc
+            data = yaml.safe_load(text) or {}
+        else:
+            raise InvalidInputError(f"config `{path}` must end in .toml, .json or .yaml.")
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidInputError(f"config `{path}` has unknown keys {unknown}; known: {sorted(known)}.")
+    config = replace(cls(), **data)  # type: ignore[type-var]
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **given)  # type: ignore[type-var]
