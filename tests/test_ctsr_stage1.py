@@ -133,7 +133,7 @@ def test_cli_trains_from_a_config_file(student_path: Path, base_dir: Path, fidel
     result = CliRunner().invoke(app, [*args, "--config", str(tmp_path / "cfg.toml"), "--steps", "1"])
     assert result.exit_code == 0, result.output
     meta = ctsr_infer.load(str(tmp_path / "s1.safetensors")).meta
-    assert meta.provenance["stage1"]["steps"] == 1 and meta.provenance["stage1"]["lr"] == 1e-4
+    assert meta.provenance["stage1"]["trained_steps"] == 1 and meta.provenance["stage1"]["lr"] == 1e-4
 
 
 def test_example_configs_are_the_paper_defaults() -> None:

@@ -297,6 +297,21 @@ class SwinUNet(nn.Module):
                 self.output_blocks.append(_Step(layers))
         self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(input_ch, config.out_channels, 3, padding=1))
 
+    def encoder_features(self, x: torch.Tensor, timesteps: torch.Tensor, lq: torch.Tensor) -> list[torch.Tensor]:
+        """Multi-scale features of the encoder half: the output of every downsampling block, of the
+        last input block and of the middle block (TAD-SR's discriminator features; for the x4
+        real-SR config input blocks 3, 6, 9, 11 and the middle block)."""
+        dtype = self.time_embed[0].weight.dtype
+        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        h = torch.cat([x, lq], dim=1).to(dtype)
+        features = []
+        for index, block in enumerate(self.input_blocks):
+            h = block(h, emb)
+            if isinstance(block[0], Downsample) or index == len(self.input_blocks) - 1:
+                features.append(h)
+        features.append(self.middle_block(h, emb))
+        return features
+
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
         multiple = self.config.multiple
         if x.shape[-2] % multiple or x.shape[-1] % multiple or lq.shape[-2:] != x.shape[-2:]:

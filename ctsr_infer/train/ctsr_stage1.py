@@ -236,7 +236,7 @@ class Stage1Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def export(self, path: str | os.PathLike[str]) -> Path:
-        return self.student.export(path, provenance={"stage1": {"steps": self.step, **asdict(self.config)}})
+        return self.student.export(path, provenance={"stage1": {**asdict(self.config), "trained_steps": self.step}})
 
 
 def paired_batches(files: list[Path], *, crop: int, seed: int, long_side: int = 2048) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

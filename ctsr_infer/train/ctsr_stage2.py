@@ -207,7 +207,7 @@ class Stage2Trainer:
             tensors[f"lora.ctrl.unet.{module}.A"] = layer.lora_A["ctrl"].weight.detach().float().clone()
             tensors[f"lora.ctrl.unet.{module}.B"] = layer.lora_B["ctrl"].weight.detach().float().clone()
         adapter = Adapter(name="ctrl", component="unet", rank=self.config.rank, alpha=self.config.alpha, phase="ctrl")
-        provenance = {**dict(self.stage1.meta.provenance), "stage2": {"steps": self.step, **asdict(self.config)}}
+        provenance = {**dict(self.stage1.meta.provenance), "stage2": {**asdict(self.config), "trained_steps": self.step}}
         meta = replace(self.stage1.meta, adapters=(*self.stage1.meta.adapters, adapter), knob=self.config.knob(), provenance=provenance)
         return save_student(StudentFile(meta, tensors), path)
 

@@ -1,0 +1,213 @@
+"""TAD-SR (arXiv 2408.07476): time-aware distillation of ResShift into a one-step student.
+
+The student is a full copy of the teacher's Swin-UNet (all parameters train, EMA 0.999); the teacher
+(frozen) gives the 15-step deterministic sample (Eq. 3) from the student's own z_T; per step, with the
+digest's readings (seeds-digest §2.2-2.5):
+
+    L_distill = || z0_tch - z0_stu ||^2                                              (Eq. 6)
+    L_hsd     = mean( sg[eps_T(z_t'^stu) - eps_T(z_t'^tch)] * z0_stu ), t' in {0, 1, 2}  (Eq. 7-8, the
+                stop-gradient surrogate: its gradient is the HSD gradient; zero when outputs coincide)
+    L_adv     = -mean D(F(z_t^stu), t);  D: hinge on F(z_t^gt) vs F(z_t^stu)          (Eq. 9-12)
+    L         = L_distill + 1 * L_hsd + 0.02 * L_adv                                    (Eq. 13, real-world SR)
+
+F are the frozen teacher's encoder features (input blocks at each downsampling, the last, the middle
+block), D the time-aware heads of :mod:`.gan`; z_t^stu and z_t^gt share t and the noise, which is
+Gaussian (TAD-SR's code draws it uniformly, which its forward process does not assume). One t per
+step for the whole batch. AdamW 5e-5 with weight decay 0 for both, linear warm-up over 5,000 steps.
+The exported student (EMA weights) is a ``resshift-onestep`` student file with the teacher's VQ.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import StudentFile, load_student, save_student
+from ..device import resolve
+from ..errors import InvalidInputError
+from ..families.resshift import ResShiftModel
+from .gan import EMA, TimeAwareDiscriminator, hinge_d_loss, hinge_g_loss
+
+__all__ = ["TadsrConfig", "TadsrTrainer", "ResShiftStudentMixin"]
+
+
+@dataclass(frozen=True)
+class TadsrConfig:
+    steps: int = 30_000
+    lr: float = 5e-5
+    warmup: int = 5_000
+    lambda_hsd: float = 1.0
+    lambda_gan: float = 0.02
+    ema: float = 0.999
+    hsd_indices: int = 3
+    """t' is drawn from the first ``hsd_indices`` 0-based indices (t' in {1, 2, 3} of 15)."""
+    disc_embed: int = 160
+    disc_c_dim: int = 64
+    seed: int = 0
+    checkpoint_every: int = 1000
+
+
+class ResShiftStudentMixin:
+    """What the ResShift-backend recipes share: the frozen teacher, latents, the one-step student
+    call, checkpoints and export."""
+
+    teacher: ResShiftModel
+    student: torch.nn.Module
+    ema: EMA
+    teacher_file: StudentFile
+    step: int
+    rng: random.Random
+
+    def _load_teacher(self, teacher: str | os.PathLike[str]) -> None:
+        self.teacher_file = load_student(teacher)
+        if self.teacher_file.meta.family != "resshift-onestep":
+            raise InvalidInputError(f"the teacher `{teacher}` must be a resshift-onestep file, not {self.teacher_file.meta.family!r}.")
+        self.teacher = ResShiftModel(self.teacher_file, resolve("cpu", "fp32"))
+        self.teacher.net.requires_grad_(False)
+        self.teacher.vq.requires_grad_(False)
+        self.schedule = self.teacher.schedule
+
+    def latents(self, lr: torch.Tensor, hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(lq in [-1, 1], z_y, z_gt) for LR (N, 3, h, w) and HR (N, 3, 4h, 4w) in [0, 1]."""
+        lq = lr * 2.0 - 1.0
+        with torch.no_grad():
+            z_y = self.teacher.encode(F.interpolate(lq, scale_factor=4, mode="bicubic"))
+            z_gt = self.teacher.encode(hr * 2.0 - 1.0)
+        return lq, z_y, z_gt
+
+    def noise(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.randn(like.shape, generator=torch.Generator().manual_seed(self.rng.randrange(2**31)))
+
+    def one_step(self, net: torch.nn.Module, z_y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        last = self.schedule.steps - 1
+        z_T = self.schedule.prior_sample(z_y, noise)
+        return net(self.schedule.scale_input(z_T, last), torch.full((z_y.shape[0],), last, dtype=torch.long), lq)
+
+    def teacher_eps(self, z_t: torch.Tensor, z_y: torch.Tensor, t: int, lq: torch.Tensor) -> torch.Tensor:
+        x0 = self.teacher.net(self.schedule.scale_input(z_t, t), torch.full((z_t.shape[0],), t, dtype=torch.long), lq)
+        return self.schedule.eps_from_x0(z_t, z_y, x0, t)
+
+    def teacher_sample(self, z_y: torch.Tensor, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The teacher's deterministic multi-step z0 from z_T = z_y + kappa sqrt(eta_T) noise (Eq. 3)."""
+        def predict(z: torch.Tensor, t: int) -> torch.Tensor:
+            return self.teacher.net(z, torch.full((z.shape[0],), t, dtype=torch.long), lq)
+
+        with torch.no_grad():
+            return self.schedule.sample(predict, z_y, sampler="ddim", noise=noise)
+
+    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "") -> Path:
+        net = self.ema.shadow if use_ema else self.student
+        tensors = {k: v for k, v in self.teacher_file.tensors.items() if k.startswith("net.vq.")}
+        tensors.update({f"net.unet.{k}": v.detach().float().clone() for k, v in net.state_dict().items()})
+        config = {**dict(self.teacher_file.meta.config), "sampler": "onestep"}
+        meta = replace(self.teacher_file.meta, config=config, licence=f"trained by the user from {self.teacher_file.meta.licence}",
+                       provenance={recipe: {**asdict(self.config), "trained_steps": self.step}})  # type: ignore[attr-defined]
+        return save_student(StudentFile(meta, tensors), path)
+
+
+class TadsrTrainer(ResShiftStudentMixin):
+    def __init__(self, teacher: str | os.PathLike[str], config: TadsrConfig) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        self._load_teacher(teacher)
+        self.student = copy.deepcopy(self.teacher.net).train().requires_grad_(True)
+        self.ema = EMA(self.student, config.ema)
+        probe = self.teacher.unet_config.multiple
+        zeros = torch.zeros(1, self.teacher.unet_config.in_channels, probe, probe)
+        with torch.no_grad():
+            channels = [f.shape[1] for f in self.teacher.net.encoder_features(zeros, torch.zeros(1, dtype=torch.long), zeros[:, :3])]
+        self.disc = TimeAwareDiscriminator(channels, embed_dim=config.disc_embed, c_dim=config.disc_c_dim)
+        self.opt_g = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
+        self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=config.lr, weight_decay=0.0)
+        self.rng = random.Random(config.seed)
+        self.step = 0
+
+    def features(self, z_t: torch.Tensor, t: int, lq: torch.Tensor) -> list[torch.Tensor]:
+        return self.teacher.net.encoder_features(self.schedule.scale_input(z_t, t), torch.full((z_t.shape[0],), t, dtype=torch.long), lq)
+
+    def hsd(self, z0_stu: torch.Tensor, z0_tch: torch.Tensor, z_y: torch.Tensor, lq: torch.Tensor, t: int,
+            noise: torch.Tensor) -> torch.Tensor:
+        """The stop-gradient surrogate of Eq. 7-8 (shared noise; zero when the outputs coincide)."""
+        with torch.no_grad():
+            z_s = self.schedule.q_sample(z0_stu.detach(), z_y, t, noise)
+            z_c = self.schedule.q_sample(z0_tch, z_y, t, noise)
+            g = self.teacher_eps(z_s, z_y, t, lq) - self.teacher_eps(z_c, z_y, t, lq)
+        return (g * z0_stu).mean()
+
+    def _lr(self) -> float:
+        return self.config.lr * min(1.0, (self.step + 1) / max(1, self.config.warmup))
+
+    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+        cfg = self.config
+        for opt in (self.opt_g, self.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = self._lr()
+        lq, z_y, z_gt = self.latents(lr, hr)
+        noise = self.noise(z_y)
+        z0_stu = self.one_step(self.student, z_y, lq, noise)
+        z0_tch = self.teacher_sample(z_y, lq, noise)
+        # discriminator (Eq. 12)
+        t_d = self.rng.randrange(self.schedule.steps - 1)
+        n_d = self.noise(z_y)
+        with torch.no_grad():
+            real = self.features(self.schedule.q_sample(z_gt, z_y, t_d, n_d), t_d, lq)
+        fake = self.features(self.schedule.q_sample(z0_stu, z_y, t_d, n_d), t_d, lq)
+        steps = torch.full((z_y.shape[0],), t_d, dtype=torch.long)
+        loss_d = hinge_d_loss(self.disc(real, steps), self.disc([f.detach() for f in fake], steps))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # student (Eq. 13)
+        distill = F.mse_loss(z0_stu, z0_tch)
+        hsd = self.hsd(z0_stu, z0_tch, z_y, lq, self.rng.randrange(cfg.hsd_indices), self.noise(z_y))
+        adv = hinge_g_loss(self.disc(fake, steps))
+        loss_g = distill + cfg.lambda_hsd * hsd + cfg.lambda_gan * adv
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        self.ema.update(self.student)
+        self.step += 1
+        return {"distill": float(distill), "hsd": float(hsd), "adv": float(adv), "total": float(loss_g), "disc": float(loss_d)}
+
+    def train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int | None = None, *,
+              checkpoint: Path | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        total = self.config.steps if steps is None else self.step + steps
+        while self.step < total:
+            terms = self.train_step(*next(batches))
+            if on_step is not None:
+                on_step(self.step, terms)
+            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+
+    def save_checkpoint(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"step": self.step, "student": self.student.state_dict(), "ema": self.ema.shadow.state_dict(),
+                 "disc": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                 "python_rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state(), "config": asdict(self.config)}
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        import ast
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.student.load_state_dict(state["student"])
+        self.ema.shadow.load_state_dict(state["ema"])
+        self.disc.load_state_dict(state["disc"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.step = int(state["step"])
+        self.rng.setstate(ast.literal_eval(state["python_rng"]))
+        torch.set_rng_state(state["torch_rng"])
+
+    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "tadsr") -> Path:  # type: ignore[override]
+        return super().export(path, use_ema=use_ema, recipe=recipe)
