@@ -494,6 +494,69 @@ def train_ctsr_stage1(
     out.print(f"wrote {trainer.export(output)}")
 
 
+def _train_resshift_recipe(recipe: str, teacher: Path, photos: Path, output: Path, config: Optional[Path], overrides: dict,
+                           checkpoint: Optional[Path]) -> None:
+    from .train.config import load_config
+    from .train.ctsr_stage1 import paired_batches, stacked
+
+    if recipe == "tadsr":
+        from .train.tadsr import TadsrConfig as Config, TadsrTrainer as Trainer
+    else:
+        from .train.colearn import ColearnConfig as Config, ColearnTrainer as Trainer  # type: ignore[assignment]
+    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if photos.is_dir() else []
+    if not files:
+        raise typer.BadParameter(f"--photos `{photos}` holds no .jpg/.png photographs (scripts/fetch_photos.sh fetches some).")
+    try:
+        settings_ = load_config(Config, config, **overrides)
+        trainer = Trainer(teacher, settings_)  # type: ignore[arg-type]
+    except CtsrError as exc:
+        raise _fail(exc) from None
+    if checkpoint is not None and checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint)
+        err.print(f"resumed from {checkpoint} at step {trainer.step}")
+    batches = stacked(paired_batches(files, crop=settings_.crop, seed=settings_.seed + trainer.step), settings_.batch)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                   disable=not err.is_terminal)
+    with bar:
+        task = bar.add_task(recipe, total=settings_.steps, completed=trainer.step)
+        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, terms: bar.update(task, completed=step))
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint)
+    out.print(f"wrote {trainer.export(output)}")
+
+
+@train_app.command("tadsr")
+def train_tadsr(
+    teacher: Annotated[Path, typer.Option("--teacher", help="ResShift teacher as a resshift-onestep file (`ctsr models download resshift-x4-s15`).")],
+    photos: Annotated[Path, typer.Option("--photos", help="Folder of high-resolution photographs.")],
+    output: Annotated[Path, typer.Option("--out", help="Student file to write (.safetensors).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="TAD-SR settings (.toml, .json, .yaml); flags override it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (paper: 30,000).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Pairs per step (paper: 8).")] = None,
+    crop: Annotated[Optional[int], typer.Option(help="HR crop side (paper: 256).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data and noise.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file, resumed from when present.")] = None,
+) -> None:
+    """TAD-SR: distil the ResShift teacher into a one-step student (distillation + HSD + time-aware GAN)."""
+    _train_resshift_recipe("tadsr", teacher, photos, output, config, dict(steps=steps, batch=batch, crop=crop, seed=seed), checkpoint)
+
+
+@train_app.command("colearn")
+def train_colearn(
+    teacher: Annotated[Path, typer.Option("--teacher", help="ResShift teacher as a resshift-onestep file (`ctsr models download resshift-x4-s15`).")],
+    photos: Annotated[Path, typer.Option("--photos", help="Folder of high-resolution photographs.")],
+    output: Annotated[Path, typer.Option("--out", help="Student file to write (.safetensors).")],
+    config: Annotated[Optional[Path], typer.Option("--config", help="Co-learning settings (.toml, .json, .yaml); flags override it.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps (paper: 20,000).")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Pairs per step (not given by the paper).")] = None,
+    crop: Annotated[Optional[int], typer.Option(help="HR crop side (paper: 256).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of data and noise.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file, resumed from when present.")] = None,
+) -> None:
+    """Co-learning: a one-step upsampler with a learnable downsampler and two discriminators."""
+    _train_resshift_recipe("colearn", teacher, photos, output, config, dict(steps=steps, batch=batch, crop=crop, seed=seed), checkpoint)
+
+
 @train_app.command("ctsr-stage2")
 def train_ctsr_stage2(
     stage1: Annotated[Path, typer.Option("--stage1", help="The stage-1 student file (e.g. a converted OSEDiff, or stage 1's export).")],

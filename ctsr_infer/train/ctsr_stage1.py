@@ -43,7 +43,7 @@ from ..families.sd_onestep import SDOneStep
 from ..checkpoints import load_student
 from .sd_student import TrainableStudent
 
-__all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss", "paired_batches"]
+__all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss", "paired_batches", "stacked"]
 
 
 @dataclass(frozen=True)
@@ -159,8 +159,8 @@ class Stage1Trainer:
         cfg = self.config
         u = self.rng.uniform(cfg.t_min, cfg.t_max) if u is None else u
         t, k = int(u * 999), max(0, math.ceil(u * self.fidelity.schedule.steps) - 1)
-        x_gt = hr * 2.0 - 1.0
-        lq = lr * 2.0 - 1.0
+        x_gt = hr.contiguous() * 2.0 - 1.0
+        lq = lr.contiguous() * 2.0 - 1.0
         up = F.interpolate(lq, size=hr.shape[-2:], mode="bicubic", align_corners=False)
         z0s, x0 = self.student(up)
         terms = {"rec_l2": F.mse_loss(x0, x_gt), "rec_lp": self.perceptual(x0, x_gt)}
@@ -259,4 +259,11 @@ def paired_batches(files: list[Path], *, crop: int, seed: int, long_side: int = 
         top = int(rng.integers(0, hr_full.shape[-2] - crop + 1))
         left = int(rng.integers(0, hr_full.shape[-1] - crop + 1))
         hr = hr_full[..., top : top + crop, left : left + crop]
-        yield degrade(hr, rng), hr
+        yield degrade(hr, rng).contiguous(), hr.contiguous()
+
+
+def stacked(pairs: Iterator[tuple[torch.Tensor, torch.Tensor]], batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Group single (LR, HR) pairs into batches of ``batch``."""
+    while True:
+        group = [next(pairs) for _ in range(batch)]
+        yield torch.cat([g[0] for g in group]), torch.cat([g[1] for g in group])
