@@ -58,6 +58,7 @@ class ColearnConfig:
     batch: int = 4
     """Not given by the paper."""
     crop: int = 256
+    device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 1000
 
@@ -100,7 +101,7 @@ class _SwinDownsampler(nn.Module):
         self.net = SwinUNet(config)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        return self.net(x, torch.zeros(x.shape[0], dtype=torch.long), noise)
+        return self.net(x, torch.zeros(x.shape[0], dtype=torch.long, device=x.device), noise)
 
 
 class ColearnTrainer(ResShiftStudentMixin):
@@ -114,8 +115,9 @@ class ColearnTrainer(ResShiftStudentMixin):
         self.ema = EMA(self.student, config.ema)
         channels = self.teacher.unet_config.out_channels
         self.down: nn.Module = ConvDownsampler(channels) if config.downsampler == "conv" else _SwinDownsampler(self.teacher.unet_config)
-        self.d_high = ConvDiscriminator(3)
-        self.d_low = ConvDiscriminator(channels)
+        self.down = self.down.to(self.device)
+        self.d_high = ConvDiscriminator(3).to(self.device)
+        self.d_low = ConvDiscriminator(channels).to(self.device)
         self.opt_s = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.opt_g = torch.optim.Adam(self.down.parameters(), lr=config.lr)
         self.opt_d = torch.optim.Adam([*self.d_high.parameters(), *self.d_low.parameters()], lr=config.lr)
@@ -146,7 +148,7 @@ class ColearnTrainer(ResShiftStudentMixin):
         fake_pixels = self.pixels(x0)
         # discriminators (Eq. 3, 5)
         with torch.no_grad():
-            real_pixels = hr * 2.0 - 1.0
+            real_pixels = hr.contiguous().to(self.device) * 2.0 - 1.0
         loss_d = self.d_loss(self.d_high(real_pixels), self.d_high(fake_pixels.detach())) + self.d_loss(self.d_low(z_y), self.d_low(y_hat.detach()))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()

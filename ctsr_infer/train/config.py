@@ -9,11 +9,20 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from ..errors import InvalidInputError
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "training_device"]
 
 C = TypeVar("C")
+
+
+def training_device(name: str) -> torch.device:
+    """``auto``: the first CUDA GPU when there is one, else the CPU; otherwise as ``--device``."""
+    from ..device import resolve
+
+    return resolve(name, "fp32").device
 
 
 def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:

@@ -63,6 +63,7 @@ class Stage1Config:
     """``lpips-vgg`` (the lpips package, pretrained) or ``untrained-features`` (explicit opt-in)."""
     seed: int = 0
     checkpoint_every: int = 1000
+    device: str = "auto"
 
 
 class _RandomFeatures(nn.Module):
@@ -88,13 +89,13 @@ class _RandomFeatures(nn.Module):
         return total
 
 
-def perceptual_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def perceptual_loss(kind: str, *, device: torch.device | None = None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The perceptual term on images in [-1, 1]."""
     if kind == "lpips-vgg":
         try:
             import lpips  # type: ignore[import-not-found]
 
-            net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
+            net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False).to(device or "cpu")
         except Exception as exc:  # ImportError, or the VGG weights cannot be fetched
             raise InvalidInputError(
                 "stage 1 needs LPIPS with its pretrained VGG (`pip install lpips`, which also needs torchvision and "
@@ -103,8 +104,8 @@ def perceptual_loss(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.T
             ) from exc
         return lambda a, b: net(a, b).mean()
     if kind == "untrained-features":
-        net = _RandomFeatures()
-        return lambda a, b: net(a, b)
+        features = _RandomFeatures().to(device or "cpu")
+        return lambda a, b: features(a, b)
     raise InvalidInputError(f"`perceptual` must be 'lpips-vgg' or 'untrained-features', got {kind!r}.")
 
 
@@ -114,17 +115,19 @@ class Stage1Trainer:
         from ..families.resshift import ResShiftModel
 
         self.config = config
-        self.perceptual = perceptual_loss(config.perceptual)
+        self.perceptual = perceptual_loss(config.perceptual, device=resolve(config.device, "fp32").device)
         torch.manual_seed(config.seed)
-        self.student = TrainableStudent.from_file(student, base)
+        placement = resolve(config.device, "fp32")
+        self.device = placement.device
+        self.student = TrainableStudent.from_file(student, base).to(self.device)
         file = load_student(student)
         from ..families.sd_onestep import load_base
 
         unet, vae, alphas = load_base(base)
-        self.realness = SDOneStep(file, unet, vae, alphas, resolve("cpu", "fp32"))
+        self.realness = SDOneStep(file, unet, vae, alphas, placement)
         self.realness.unet.requires_grad_(False)
         self.realness.vae.requires_grad_(False)
-        self.fidelity = ResShiftModel(load_student(fidelity), resolve("cpu", "fp32"))
+        self.fidelity = ResShiftModel(load_student(fidelity), placement)
         self.fidelity.net.requires_grad_(False)
         self.fidelity.vq.requires_grad_(False)
         self.parameters = [p for p in self.student.parameters() if p.requires_grad]
@@ -140,7 +143,7 @@ class Stage1Trainer:
 
     def eps_fidelity(self, u_t: torch.Tensor, u_y: torch.Tensor, k: int, lq: torch.Tensor) -> torch.Tensor:
         schedule = self.fidelity.schedule
-        steps = torch.full((u_t.shape[0],), k, dtype=torch.long)
+        steps = torch.full((u_t.shape[0],), k, dtype=torch.long, device=u_t.device)
         x0 = self.fidelity.net(schedule.scale_input(u_t, k), steps, lq)
         return schedule.eps_from_x0(u_t, u_y, x0, k)
 
@@ -159,14 +162,14 @@ class Stage1Trainer:
         cfg = self.config
         u = self.rng.uniform(cfg.t_min, cfg.t_max) if u is None else u
         t, k = int(u * 999), max(0, math.ceil(u * self.fidelity.schedule.steps) - 1)
-        x_gt = hr.contiguous() * 2.0 - 1.0
-        lq = lr.contiguous() * 2.0 - 1.0
+        x_gt = hr.contiguous().to(self.device) * 2.0 - 1.0
+        lq = lr.contiguous().to(self.device) * 2.0 - 1.0
         up = F.interpolate(lq, size=hr.shape[-2:], mode="bicubic", align_corners=False)
         z0s, x0 = self.student(up)
         terms = {"rec_l2": F.mse_loss(x0, x_gt), "rec_lp": self.perceptual(x0, x_gt)}
         with torch.no_grad():
             z0 = self.student.encode(x_gt, lora=False)
-        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(self.rng.randrange(2**31)))
+        noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(self.rng.randrange(2**31))).to(self.device)
         terms["rn_student"], terms["rn_time"] = self.realness_terms(z0s, z0, t, noise)
         m_seed = self.rng.randrange(2**31)
         terms["fl_student"], terms["fl_time"] = self.fidelity_terms(x0, x_gt, up, lq, k, m_seed)
@@ -189,7 +192,7 @@ class Stage1Trainer:
         u0s = self.vq_encode(x0)
         with torch.no_grad():
             u0, uy = self.vq_encode(x_gt), self.vq_encode(up)
-        m = torch.randn(u0.shape, generator=torch.Generator().manual_seed(seed))
+        m = torch.randn(u0.shape, generator=torch.Generator().manual_seed(seed)).to(u0.device)
         schedule = self.fidelity.schedule
         uts, ut = schedule.q_sample(u0s, uy, k, m), schedule.q_sample(u0, uy, k, m)
         e_f_s = self.eps_fidelity(uts, uy, k, lq)

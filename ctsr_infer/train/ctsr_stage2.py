@@ -66,6 +66,7 @@ class Stage2Config:
     checkpoint_every: int = 1000
     default_t: float = 0.5
     """The knob value the exported student uses when the caller gives none."""
+    device: str = "auto"
 
     def knob(self) -> Knob:
         return Knob(kind="ctsr-flow", default_t=self.default_t, tau_start=self.tau_start, tau_end=self.tau_end, steps=1)
@@ -91,7 +92,7 @@ class Stage2Trainer:
             raise InvalidInputError(f"`{stage1}` already has a ctrl adapter; stage 2 starts from a stage-1 student.")
         torch.manual_seed(config.seed)
         unet, vae, alphas = load_base(base)
-        self.model = SDOneStep(self.stage1, unet, vae, alphas, resolve("cpu", "fp32"))
+        self.model = SDOneStep(self.stage1, unet, vae, alphas, resolve(config.device, "fp32"))
         self.unet = self.model.unet
         self.unet.requires_grad_(False)
         self.modules = _targets(self.unet)
@@ -204,8 +205,8 @@ class Stage2Trainer:
         tensors = dict(self.stage1.tensors)
         for module in self.modules:
             layer = self.unet.get_submodule(module)
-            tensors[f"lora.ctrl.unet.{module}.A"] = layer.lora_A["ctrl"].weight.detach().float().clone()
-            tensors[f"lora.ctrl.unet.{module}.B"] = layer.lora_B["ctrl"].weight.detach().float().clone()
+            tensors[f"lora.ctrl.unet.{module}.A"] = layer.lora_A["ctrl"].weight.detach().float().cpu().clone()
+            tensors[f"lora.ctrl.unet.{module}.B"] = layer.lora_B["ctrl"].weight.detach().float().cpu().clone()
         adapter = Adapter(name="ctrl", component="unet", rank=self.config.rank, alpha=self.config.alpha, phase="ctrl")
         provenance = {**dict(self.stage1.meta.provenance), "stage2": {**asdict(self.config), "trained_steps": self.step}}
         meta = replace(self.stage1.meta, adapters=(*self.stage1.meta.adapters, adapter), knob=self.config.knob(), provenance=provenance)
@@ -223,7 +224,7 @@ class Stage2Trainer:
         self.unet.eval()
         images = []
         for t in ts:
-            image = self.model.decode(z0 if t == 0 else z0 + t * velocity)
+            image = self.model.decode(z0 if t == 0 else z0 + t * velocity).cpu()
             images.append(((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0))
         return images
 

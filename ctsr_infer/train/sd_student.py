@@ -109,8 +109,8 @@ class TrainableStudent(nn.Module):
             module = self.unet if adapter.component == "unet" else self.vae
             for name in self.student.lora_pairs(adapter):
                 layer = module.get_submodule(name)
-                a = layer.lora_A[adapter.name].weight.detach().float()
-                b = layer.lora_B[adapter.name].weight.detach().float()
+                a = layer.lora_A[adapter.name].weight.detach().float().cpu()
+                b = layer.lora_B[adapter.name].weight.detach().float().cpu()
                 tensors[f"lora.{adapter.name}.{adapter.component}.{name}.A"] = a.clone()
                 tensors[f"lora.{adapter.name}.{adapter.component}.{name}.B"] = b.clone()
             adapters.append(adapter)
@@ -118,7 +118,7 @@ class TrainableStudent(nn.Module):
             params = dict(self.unet.named_parameters())
             for name in self.overrides:
                 source = params.get(name) or params[name.replace("conv_in.", "conv_in.base_layer.")]
-                tensors[f"base.unet.{name}"] = source.detach().float().clone()
+                tensors[f"base.unet.{name}"] = source.detach().float().cpu().clone()
         meta = replace(self.student.meta, adapters=tuple(adapters),
                        provenance={**dict(self.student.meta.provenance), **(provenance or {})})
         return save_student(StudentFile(meta, tensors), path)

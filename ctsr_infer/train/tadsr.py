@@ -49,6 +49,7 @@ class TadsrConfig:
     disc_c_dim: int = 64
     batch: int = 8
     crop: int = 256
+    device: str = "auto"
     """HR crop side (LR = crop / 4)."""
     seed: int = 0
     checkpoint_every: int = 1000
@@ -62,17 +63,17 @@ class TadsrTrainer(ResShiftStudentMixin):
         self.student = copy.deepcopy(self.teacher.net).train().requires_grad_(True)
         self.ema = EMA(self.student, config.ema)
         probe = self.teacher.unet_config.multiple
-        zeros = torch.zeros(1, self.teacher.unet_config.in_channels, probe, probe)
+        zeros = torch.zeros(1, self.teacher.unet_config.in_channels, probe, probe, device=self.device)
         with torch.no_grad():
-            channels = [f.shape[1] for f in self.teacher.net.encoder_features(zeros, torch.zeros(1, dtype=torch.long), zeros[:, :3])]
-        self.disc = TimeAwareDiscriminator(channels, embed_dim=config.disc_embed, c_dim=config.disc_c_dim)
+            channels = [f.shape[1] for f in self.teacher.net.encoder_features(zeros, torch.zeros(1, dtype=torch.long, device=self.device), zeros[:, :3])]
+        self.disc = TimeAwareDiscriminator(channels, embed_dim=config.disc_embed, c_dim=config.disc_c_dim).to(self.device)
         self.opt_g = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=config.lr, weight_decay=0.0)
         self.rng = random.Random(config.seed)
         self.step = 0
 
     def features(self, z_t: torch.Tensor, t: int, lq: torch.Tensor) -> list[torch.Tensor]:
-        return self.teacher.net.encoder_features(self.schedule.scale_input(z_t, t), torch.full((z_t.shape[0],), t, dtype=torch.long), lq)
+        return self.teacher.net.encoder_features(self.schedule.scale_input(z_t, t), torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device), lq)
 
     def hsd(self, z0_stu: torch.Tensor, z0_tch: torch.Tensor, z_y: torch.Tensor, lq: torch.Tensor, t: int,
             noise: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,7 @@ class TadsrTrainer(ResShiftStudentMixin):
         with torch.no_grad():
             real = self.features(self.schedule.q_sample(z_gt, z_y, t_d, n_d), t_d, lq)
         fake = self.features(self.schedule.q_sample(z0_stu, z_y, t_d, n_d), t_d, lq)
-        steps = torch.full((z_y.shape[0],), t_d, dtype=torch.long)
+        steps = torch.full((z_y.shape[0],), t_d, dtype=torch.long, device=z_y.device)
         loss_d = hinge_d_loss(self.disc(real, steps), self.disc([f.detach() for f in fake], steps))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
