@@ -9,28 +9,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import ctsr_infer
-from ctsr_infer.checkpoints import convert_resshift, save_student
 from ctsr_infer.train.colearn import ColearnConfig, ColearnTrainer
-from tests.tiny import tiny_swin_config, tiny_vq_config, write_resshift_pair
+from tests.tiny import tiny_pair, write_resshift_teacher
 
 CONFIG = ColearnConfig(steps=4, lr=2e-4, downsampler="conv", checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("teacher")
-    unet, vq = write_resshift_pair(folder, seed=31)
-    student = convert_resshift(unet, vq, unet=tiny_swin_config().to_config(), vq=tiny_vq_config().to_config(),
-                               schedule={"steps": 3, "min_noise_level": 0.2}, sampler="posterior")
-    return save_student(student, folder / "teacher.safetensors")
+    return write_resshift_teacher(tmp_path_factory.mktemp("teacher"), seed=31, steps=3, min_noise_level=0.2)
 
 
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    hr = torch.from_numpy(np.random.default_rng(seed).random((2, 3, 64, 64), dtype=np.float32))
-    return F.interpolate(hr, scale_factor=0.25, mode="area"), hr
+    return tiny_pair(seed)
+
 
 
 @pytest.mark.parametrize("downsampler", ["conv", "swin"])
@@ -40,7 +34,7 @@ def test_downsampler_maps_to_the_lr_latent_and_losses_fall(teacher: Path, downsa
     first = None
     for _ in range(5):
         trainer.rng.seed(4)  # one fixed batch: the same noise every step
-        terms = trainer.train_step(lr, hr)
+        terms = trainer.train_step((lr, hr))
         first = first or terms
         assert all(p.grad is None for p in [*trainer.teacher.net.parameters(), *trainer.teacher.vq.parameters()])
     lq, z_y, _ = trainer.latents(lr, hr)
@@ -48,7 +42,7 @@ def test_downsampler_maps_to_the_lr_latent_and_losses_fall(teacher: Path, downsa
         y_hat = trainer.down(z_y, torch.randn(z_y.shape))
     assert y_hat.shape == z_y.shape
     trainer.rng.seed(4)
-    last = trainer.train_step(lr, hr)
+    last = trainer.train_step((lr, hr))
     assert last["downsampler"] < first["downsampler"]
     assert last["denoise"] + last["distill"] < first["denoise"] + first["distill"]
 

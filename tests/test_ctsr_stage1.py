@@ -11,20 +11,16 @@ import torch
 import torch.nn.functional as F
 
 import ctsr_infer
-from ctsr_infer.checkpoints import convert_resshift, save_student
 from ctsr_infer.errors import InvalidInputError
 from ctsr_infer.train.ctsr_stage1 import Stage1Config, Stage1Trainer
-from tests.tiny import tiny_swin_config, tiny_vq_config, write_resshift_pair
+from tests.tiny import write_resshift_teacher
 
 CONFIG = Stage1Config(steps=4, lr=1e-3, perceptual="untrained-features", checkpoint_every=2)
 
 
 @pytest.fixture(scope="module")
 def fidelity(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("fidelity")
-    unet, vq = write_resshift_pair(folder)
-    student = convert_resshift(unet, vq, unet=tiny_swin_config().to_config(), vq=tiny_vq_config().to_config(), sampler="posterior")
-    return save_student(student, folder / "resshift.safetensors")
+    return write_resshift_teacher(tmp_path_factory.mktemp("fidelity"))
 
 
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,26 +12,21 @@ import torch
 import torch.nn.functional as F
 
 import ctsr_infer
-from ctsr_infer.checkpoints import convert_resshift, save_student
 from ctsr_infer.train.gan import hinge_d_loss
 from ctsr_infer.train.tadsr import TadsrConfig, TadsrTrainer
-from tests.tiny import tiny_swin_config, tiny_vq_config, write_resshift_pair
+from tests.tiny import tiny_pair, write_resshift_teacher
 
 CONFIG = TadsrConfig(steps=4, lr=2e-4, warmup=1, checkpoint_every=2, disc_embed=32, disc_c_dim=8)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("teacher")
-    unet, vq = write_resshift_pair(folder, seed=21)
-    student = convert_resshift(unet, vq, unet=tiny_swin_config().to_config(), vq=tiny_vq_config().to_config(),
-                               schedule={"steps": 4, "min_noise_level": 0.2}, sampler="posterior")
-    return save_student(student, folder / "teacher.safetensors")
+    return write_resshift_teacher(tmp_path_factory.mktemp("teacher"), seed=21, steps=4, min_noise_level=0.2)
 
 
 def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    hr = torch.from_numpy(np.random.default_rng(seed).random((2, 3, 64, 64), dtype=np.float32))
-    return F.interpolate(hr, scale_factor=0.25, mode="area"), hr
+    return tiny_pair(seed)
+
 
 
 def test_teacher_frozen_and_the_loss_falls(teacher: Path) -> None:
@@ -48,7 +43,7 @@ def test_teacher_frozen_and_the_loss_falls(teacher: Path) -> None:
     before = distill()
     for _ in range(4):
         trainer.rng.seed(9)  # one fixed batch: same noise draws every step
-        trainer.train_step(lr, hr)
+        trainer.train_step((lr, hr))
         assert all(p.grad is None for p in [*trainer.teacher.net.parameters(), *trainer.teacher.vq.parameters()])
     assert distill() < before
 

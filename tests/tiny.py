@@ -229,3 +229,22 @@ def write_resshift_pair(folder: Path, *, seed: int = 7, prefix: str = "module.")
     torch.save({"state_dict": {prefix + k: v for k, v in public_swin_state(net).items()}}, unet_path)
     torch.save(public_vq_state(vq, vq_config), vq_path)
     return unet_path, vq_path
+
+
+def write_resshift_teacher(folder: Path, *, seed: int = 7, steps: int = 15, min_noise_level: float = 0.04) -> Path:
+    """A tiny ResShift teacher as a ``resshift-onestep`` student file (multi-step sampler)."""
+    from ctsr_infer.checkpoints import convert_resshift, save_student
+
+    unet, vq = write_resshift_pair(folder, seed=seed)
+    student = convert_resshift(unet, vq, unet=tiny_swin_config().to_config(), vq=tiny_vq_config().to_config(),
+                               schedule={"steps": steps, "min_noise_level": min_noise_level}, sampler="posterior")
+    return save_student(student, folder / "teacher.safetensors")
+
+
+def tiny_pair(seed: int = 0, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(LR 16 x 16, HR 64 x 64) in [0, 1], LR by area downsampling."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    hr = torch.from_numpy(np.random.default_rng(seed).random((batch, 3, 64, 64), dtype=np.float32))
+    return F.interpolate(hr, scale_factor=0.25, mode="area"), hr

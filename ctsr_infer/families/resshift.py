@@ -41,6 +41,7 @@ from ..image import resize_bicubic
 from ..progress import ProgressCallback, emit
 from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from .base import RunOptions, TilePlan, default_memory_budget
+from .sd_onestep import pad_to_multiple
 from .shift_diffusion import Sampler, ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig
 from .vq_autoencoder import VQConfig, build_vq, load_ldm_state, quantize_nearest
@@ -60,15 +61,6 @@ _SAMPLERS = ("onestep", "posterior", "ddim")
 def student_config(*, unet: SwinUNetConfig, vq: VQConfig, schedule: ShiftSchedule, sampler: Sampler) -> dict[str, Any]:
     """The ``config`` of a resshift-onestep student file."""
     return {"unet": unet.to_config(), "vq": vq.to_config(), "schedule": schedule.to_config(), "sampler": sampler}
-
-
-def _pad(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 class ResShiftModel:
@@ -141,7 +133,7 @@ class ResShiftModel:
 
         ``sampler`` overrides the file's (``onestep``, ``posterior``, ``ddim``); ``steps`` stops a
         multi-step sampler early."""
-        y = _pad(y.float().cpu(), self.unet_config.multiple)
+        y = pad_to_multiple(y.float().cpu(), self.unet_config.multiple)
         plan = self.plan(y.shape[-2] * SCALE, y.shape[-1] * SCALE, options)
         emit(on_progress, "encode", 0, 1)
         z_y = self.encode(F.interpolate(y, scale_factor=SCALE, mode="bicubic"), plan=plan, on_progress=on_progress)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,7 +137,8 @@ class ColearnTrainer(ResShiftStudentMixin):
     def d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         return F.softplus(-real).mean() + F.softplus(fake).mean()
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        lr, hr = batch
         cfg = self.config
         lq, z_y, z_gt = self.latents(lr, hr)
         noise = self.noise(z_y)
@@ -173,46 +173,14 @@ class ColearnTrainer(ResShiftStudentMixin):
         self.opt_g.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
         self.ema.update(self.student)
-        self.step += 1
         return {"denoise": float(denoise.detach()), "distill": float(distill.detach()), "gan_high": float(high.detach()), "gan_low": float(low.detach()),
                 "student": float(loss_student.detach()), "downsampler": float(loss_down.detach()), "disc": float(loss_d.detach())}
 
-    def train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int | None = None, *,
-              checkpoint: Path | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-        total = self.config.steps if steps is None else self.step + steps
-        while self.step < total:
-            terms = self.train_step(*next(batches))
-            if on_step is not None:
-                on_step(self.step, terms)
-            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
-                self.save_checkpoint(checkpoint)
-
-    def _modules(self) -> dict[str, nn.Module]:
+    def full_modules(self) -> dict[str, nn.Module]:
         return {"student": self.student, "ema": self.ema.shadow, "down": self.down, "d_high": self.d_high, "d_low": self.d_low}
 
-    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"opt_s": self.opt_s, "opt_g": self.opt_g, "opt_d": self.opt_d}
-
-    def save_checkpoint(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "python_rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state(), "config": asdict(self.config),
-                 **{k: m.state_dict() for k, m in self._modules().items()}, **{k: o.state_dict() for k, o in self._optimizers().items()}}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        import ast
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key, module in self._modules().items():
-            module.load_state_dict(state[key])
-        for key, optimizer in self._optimizers().items():
-            optimizer.load_state_dict(state[key])
-        self.step = int(state["step"])
-        self.rng.setstate(ast.literal_eval(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"student": self.opt_s, "down": self.opt_g, "disc": self.opt_d}
 
     def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "colearn") -> Path:  # type: ignore[override]
         return super().export(path, use_ema=use_ema, recipe=recipe)

@@ -42,6 +42,7 @@ from ..errors import InvalidInputError
 from ..families.sd_onestep import SDOneStep
 from ..checkpoints import load_student
 from .sd_student import TrainableStudent
+from .trainer import Recipe
 
 __all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss", "paired_batches", "stacked"]
 
@@ -109,7 +110,7 @@ def perceptual_loss(kind: str, *, device: torch.device | None = None) -> Callabl
     raise InvalidInputError(f"`perceptual` must be 'lpips-vgg' or 'untrained-features', got {kind!r}.")
 
 
-class Stage1Trainer:
+class Stage1Trainer(Recipe):
     def __init__(self, student: str | os.PathLike[str], base: str | os.PathLike[str], fidelity: str | os.PathLike[str],
                  config: Stage1Config) -> None:
         from ..families.resshift import ResShiftModel
@@ -200,43 +201,18 @@ class Stage1Trainer:
             e_f_gt = self.eps_fidelity(ut, uy, k, lq)
         return F.mse_loss(e_f_s, m), F.mse_loss(e_f_s, e_f_gt)
 
-    def train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int | None = None, *,
-              checkpoint: Path | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-        total = self.config.steps if steps is None else self.step + steps
-        while self.step < total:
-            lr, hr = next(batches)
-            terms = self.losses(lr, hr)
-            terms["total"].backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            if on_step is not None:
-                on_step(self.step, {k: float(v.detach()) for k, v in terms.items()})
-            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
-                self.save_checkpoint(checkpoint)
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        terms = self.losses(*batch)
+        terms["total"].backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {k: float(v.detach()) for k, v in terms.items()}
 
-    def save_checkpoint(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "trainable": {n: p.detach().clone() for n, p in self.student.named_parameters() if p.requires_grad},
-                 "optimizer": self.optimizer.state_dict(), "python_rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state(),
-                 "config": asdict(self.config)}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
 
-    def load_checkpoint(self, path: Path) -> None:
-        import ast
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        own = dict(self.student.named_parameters())
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                own[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.rng.setstate(ast.literal_eval(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adamw": self.optimizer}
 
     def export(self, path: str | os.PathLike[str]) -> Path:
         return self.student.export(path, provenance={"stage1": {**asdict(self.config), "trained_steps": self.step}})

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from ..families.base import RunOptions
 from ..families.sd_onestep import SDOneStep, load_base, pad_to_multiple
 from ..image import resize_bicubic
 from ..knob import Knob
+from .trainer import Recipe
 
 __all__ = ["Stage2Config", "Stage2Trainer", "CTRL_TARGETS", "tau_report", "lr_batches"]
 
@@ -62,7 +63,6 @@ class Stage2Config:
     ordered: bool = True
     """t < t' (Algorithm 2); False draws them independently (Eq. 8 as printed)."""
     seed: int = 0
-    grad_accumulation: int = 1
     checkpoint_every: int = 1000
     default_t: float = 0.5
     """The knob value the exported student uses when the caller gives none."""
@@ -80,7 +80,7 @@ def _targets(unet: torch.nn.Module) -> list[str]:
     return names
 
 
-class Stage2Trainer:
+class Stage2Trainer(Recipe):
     """Holds the stage-1 model (teacher), the ctrl adapter (student) and the optimiser."""
 
     def __init__(self, stage1: str | os.PathLike[str], base: str | os.PathLike[str], config: Stage2Config) -> None:
@@ -147,58 +147,18 @@ class Stage2Trainer:
         velocity = self.eps(z_t, knob.tau(t), ctrl=True)
         return F.mse_loss((t2 - t) * velocity, target)
 
-    def train(self, batches: Iterator[torch.Tensor], steps: int | None = None, *, checkpoint: Path | None = None,
-              on_step: Callable[[int, float], None] | None = None) -> list[float]:
-        """Run ``steps`` optimiser steps (default: the config's remaining ones) on LR batches in [0, 1]."""
-        losses = []
-        total = self.config.steps if steps is None else self.step + steps
-        self.unet.train()
-        while self.step < total:
-            for _ in range(self.config.grad_accumulation):
-                z0 = self.stage1_latent(next(batches))
-                loss = self.loss(z0) / self.config.grad_accumulation
-                loss.backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            losses.append(float(loss.detach()) * self.config.grad_accumulation)
-            if on_step is not None:
-                on_step(self.step, losses[-1])
-            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
-                self.save_checkpoint(checkpoint)
-        self.unet.eval()
-        return losses
+    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        loss = self.loss(self.stage1_latent(batch))
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"ctrl": float(loss.detach())}
 
-    # -- checkpoints and export ---------------------------------------------------------------------
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        return {"unet": self.unet}
 
-    def save_checkpoint(self, path: Path) -> Path:
-        """Adapter weights, optimiser state, step and RNG states (read back with ``weights_only``)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "step": self.step,
-            "adapter": {n: p.detach().clone() for n, p in self.unet.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(),
-            "python_rng": repr(self.rng.getstate()),
-            "torch_rng": torch.get_rng_state(),
-            "config": asdict(self.config),
-        }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        import ast
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        own = dict(self.unet.named_parameters())
-        with torch.no_grad():
-            for name, value in state["adapter"].items():
-                own[name].copy_(value)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = int(state["step"])
-        self.rng.setstate(ast.literal_eval(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"adamw": self.optimizer}
 
     def export(self, path: str | os.PathLike[str]) -> Path:
         """The stage-1 student plus the trained ctrl adapter, as a ``ctsr-flow`` student file."""

@@ -17,11 +17,12 @@ from ..device import resolve
 from ..errors import InvalidInputError
 from ..families.resshift import ResShiftModel
 from .gan import EMA
+from .trainer import Recipe
 
 __all__ = ["ResShiftStudentMixin"]
 
 
-class ResShiftStudentMixin:
+class ResShiftStudentMixin(Recipe):
     """What the ResShift-backend recipes share: the frozen teacher, latents, the one-step student
     call, checkpoints and export."""
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 import copy
 import os
 import random
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -87,7 +86,8 @@ class TadsrTrainer(ResShiftStudentMixin):
     def _lr(self) -> float:
         return self.config.lr * min(1.0, (self.step + 1) / max(1, self.config.warmup))
 
-    def train_step(self, lr: torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        lr, hr = batch
         cfg = self.config
         for opt in (self.opt_g, self.opt_d):
             for group in opt.param_groups:
@@ -116,41 +116,13 @@ class TadsrTrainer(ResShiftStudentMixin):
         loss_g.backward()
         self.opt_g.step()
         self.ema.update(self.student)
-        self.step += 1
         return {"distill": float(distill.detach()), "hsd": float(hsd.detach()), "adv": float(adv.detach()), "total": float(loss_g.detach()), "disc": float(loss_d.detach())}
 
-    def train(self, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int | None = None, *,
-              checkpoint: Path | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None) -> None:
-        total = self.config.steps if steps is None else self.step + steps
-        while self.step < total:
-            terms = self.train_step(*next(batches))
-            if on_step is not None:
-                on_step(self.step, terms)
-            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
-                self.save_checkpoint(checkpoint)
+    def full_modules(self) -> dict[str, torch.nn.Module]:
+        return {"student": self.student, "ema": self.ema.shadow, "disc": self.disc}
 
-    def save_checkpoint(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"step": self.step, "student": self.student.state_dict(), "ema": self.ema.shadow.state_dict(),
-                 "disc": self.disc.state_dict(), "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-                 "python_rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state(), "config": asdict(self.config)}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        return path
-
-    def load_checkpoint(self, path: Path) -> None:
-        import ast
-
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.student.load_state_dict(state["student"])
-        self.ema.shadow.load_state_dict(state["ema"])
-        self.disc.load_state_dict(state["disc"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.step = int(state["step"])
-        self.rng.setstate(ast.literal_eval(state["python_rng"]))
-        torch.set_rng_state(state["torch_rng"])
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"g": self.opt_g, "d": self.opt_d}
 
     def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "tadsr") -> Path:  # type: ignore[override]
         return super().export(path, use_ema=use_ema, recipe=recipe)

@@ -1,0 +1,93 @@
+"""The step loop, checkpoints and resume that every recipe shares.
+
+A recipe subclasses :class:`Recipe` and provides ``train_step(batch) -> {term: value}`` plus what its
+checkpoint holds: modules saved in full (``full_modules``: discriminators, EMA copies, a fully
+fine-tuned student) and modules of which only the trainable parameters are saved
+(``trainable_modules``: a frozen base with LoRA adapters), and its optimisers. A checkpoint also holds
+the step, the Python and torch RNG states and the config, and is written atomically; loading it
+(``weights_only``) and running on gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Recipe"]
+
+
+class Recipe:
+    config: Any
+    step: int = 0
+    rng: random.Random
+
+    # -- what a recipe provides ----------------------------------------------------------------
+
+    def train_step(self, batch: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+    def full_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def trainable_modules(self) -> dict[str, nn.Module]:
+        return {}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    def train(self, batches: Iterator[Any], steps: int | None = None, *, checkpoint: Path | None = None,
+              on_step: Callable[[int, dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """Run until step ``steps`` more than now (default: the config's total), checkpointing every
+        ``config.checkpoint_every`` steps when a path is given."""
+        history = []
+        total = self.config.steps if steps is None else self.step + steps
+        while self.step < total:
+            terms = self.train_step(next(batches))
+            self.step += 1
+            history.append(terms)
+            if on_step is not None:
+                on_step(self.step, terms)
+            if checkpoint is not None and self.step % self.config.checkpoint_every == 0:
+                self.save_checkpoint(checkpoint)
+        return history
+
+    def save_checkpoint(self, path: Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state: dict[str, Any] = {"step": self.step, "python_rng": repr(self.rng.getstate()), "torch_rng": torch.get_rng_state(),
+                                 "config": asdict(self.config)}
+        for name, module in self.full_modules().items():
+            state[f"full.{name}"] = module.state_dict()
+        for name, module in self.trainable_modules().items():
+            state[f"trainable.{name}"] = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        for name, optimizer in self.optimizers().items():
+            state[f"optimizer.{name}"] = optimizer.state_dict()
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for name, module in self.full_modules().items():
+            module.load_state_dict(state[f"full.{name}"])
+        for name, module in self.trainable_modules().items():
+            own = dict(module.named_parameters())
+            with torch.no_grad():
+                for key, value in state[f"trainable.{name}"].items():
+                    own[key].copy_(value)
+        for name, optimizer in self.optimizers().items():
+            optimizer.load_state_dict(state[f"optimizer.{name}"])
+        self.step = int(state["step"])
+        self.rng.setstate(ast.literal_eval(state["python_rng"]))
+        torch.set_rng_state(state["torch_rng"])
