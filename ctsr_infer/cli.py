@@ -598,7 +598,7 @@ def train_ctsr_stage2(
                    disable=not err.is_terminal)
     with bar:
         task = bar.add_task("stage 2", total=settings_.steps, completed=trainer.step)
-        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, loss: bar.update(task, completed=step, description=f"stage 2 loss {loss:.4g}"))
+        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, terms: bar.update(task, completed=step, description=f"stage 2 loss {terms['ctrl']:.4g}"))
     if checkpoint is not None:
         trainer.save_checkpoint(checkpoint)
     out.print(f"wrote {trainer.export(output)}")
