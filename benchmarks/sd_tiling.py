@@ -51,14 +51,42 @@ def run_one(size: int, dtype: str, tiling: str, save: str | None) -> dict:
             "peak_rss_gb": peak_rss_gb()}
 
 
+def encoder_check(size: int, tile: int = 512) -> dict:
+    """Relative RMS difference of the encoder's latent, exact tiling against untiled (one process)."""
+    import torch
+    from PIL import Image
+
+    from ctsr_infer.families.base import TilePlan
+
+    model = build("fp32").model
+    photo = Image.open(Path(__file__).parent.parent / "examples" / "coffee_lowres.png").convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    x = torch.from_numpy(np.asarray(photo).copy()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    result: dict = {"size": size, "tile": tile}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        whole = model.encode(x, plan=TilePlan.untiled())
+        result["untiled_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        tiled = model.encode(x, plan=TilePlan("exact", tile, 64, 64, 4, 96, 32, 1))
+        result["exact_s"] = time.perf_counter() - start
+    result["relative_rms"] = float((tiled - whole).pow(2).mean().sqrt() / whole.pow(2).mean().sqrt())
+    result["max_abs"] = float((tiled - whole).abs().max())
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
     parser.add_argument("--psnr-sizes", type=int, nargs="*", default=[1024])
     parser.add_argument("--dtype", default="fp32")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sd_tiling.json"))
+    parser.add_argument("--encoder-check", type=int, metavar="SIZE",
+                        help="only compare the VAE encoder, untiled against exact tiling (512-px tiles), at SIZE² and exit")
     parser.add_argument("--child", nargs=4, metavar=("SIZE", "DTYPE", "TILING", "SAVE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.encoder_check:
+        print(json.dumps(encoder_check(args.encoder_check)))
+        return
     if args.child:
         size, dtype, tiling, save = args.child
         print(json.dumps(run_one(int(size), dtype, tiling, None if save == "-" else save)))
