@@ -12,7 +12,7 @@ import torch
 
 import ctsr_infer
 from ctsr_infer.train.colearn import ColearnConfig, ColearnTrainer
-from tests.tiny import tiny_pair, write_resshift_teacher
+from tests.tiny import straight_and_resumed, tiny_pair, write_resshift_teacher
 
 CONFIG = ColearnConfig(steps=4, lr=2e-4, downsampler="conv", checkpoint_every=2)
 
@@ -48,14 +48,7 @@ def test_downsampler_maps_to_the_lr_latent_and_losses_fall(teacher: Path, downsa
 
 
 def test_resume_and_export_round_trip(teacher: Path, tmp_path: Path) -> None:
-    batches = itertools.repeat(_pair())
-    straight = ColearnTrainer(teacher, CONFIG)
-    straight.train(batches, steps=1)
-    straight.save_checkpoint(tmp_path / "ckpt.pt")
-    straight.train(batches, steps=1)
-    resumed = ColearnTrainer(teacher, CONFIG)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    resumed.train(batches, steps=1)
+    straight, resumed = straight_and_resumed(lambda: ColearnTrainer(teacher, CONFIG), itertools.repeat(_pair()), tmp_path / "ckpt.pt")
     for a, b in zip([*straight.student.parameters(), *straight.down.parameters()], [*resumed.student.parameters(), *resumed.down.parameters()]):
         assert torch.equal(a, b)
     up = ctsr_infer.load(str(resumed.export(tmp_path / "colearn.safetensors")))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import ctsr_infer
 from ctsr_infer.errors import InvalidInputError
 from ctsr_infer.train.ctsr_stage1 import Stage1Config, Stage1Trainer
-from tests.tiny import write_resshift_teacher
+from tests.tiny import straight_and_resumed, write_resshift_teacher
 
 CONFIG = Stage1Config(steps=4, lr=1e-3, perceptual="untrained-features", checkpoint_every=2)
 
@@ -85,14 +85,8 @@ def test_only_lora_and_conv_in_learn_and_the_loss_falls(student_path: Path, base
 def test_resume_and_export_round_trip(student_path: Path, base_dir: Path, fidelity: Path, tmp_path: Path) -> None:
     import itertools
 
-    batches = itertools.repeat(_pair())
-    straight = Stage1Trainer(student_path, base_dir, fidelity, CONFIG)
-    straight.train(batches, steps=1)
-    straight.save_checkpoint(tmp_path / "ckpt.pt")
-    straight.train(batches, steps=1)
-    resumed = Stage1Trainer(student_path, base_dir, fidelity, CONFIG)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    resumed.train(batches, steps=1)
+    straight, resumed = straight_and_resumed(lambda: Stage1Trainer(student_path, base_dir, fidelity, CONFIG), itertools.repeat(_pair()),
+                                             tmp_path / "ckpt.pt")
     a, b = dict(straight.student.named_parameters()), dict(resumed.student.named_parameters())
     assert all(torch.equal(a[n], b[n]) for n in a if a[n].requires_grad)
     exported = resumed.export(tmp_path / "stage1.safetensors")

@@ -12,6 +12,7 @@ import torch
 
 import ctsr_infer
 from ctsr_infer.train.ctsr_stage2 import Stage2Config, Stage2Trainer
+from tests.tiny import straight_and_resumed
 
 CONFIG = Stage2Config(steps=6, lr=1e-3, rank=2, alpha=2.0, seed=0, checkpoint_every=2)
 
@@ -49,14 +50,8 @@ def test_only_the_ctrl_lora_learns_and_the_loss_falls(student_path: Path, base_d
 
 
 def test_resume_is_bit_identical(student_path: Path, base_dir: Path, tmp_path: Path) -> None:
-    straight = Stage2Trainer(student_path, base_dir, CONFIG)
-    straight.train(itertools.repeat(_batch()), steps=2)
-    straight.save_checkpoint(tmp_path / "ckpt.pt")
-    straight.train(itertools.repeat(_batch()), steps=2)
-    resumed = Stage2Trainer(student_path, base_dir, CONFIG)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    assert resumed.step == 2
-    resumed.train(itertools.repeat(_batch()), steps=2)
+    straight, resumed = straight_and_resumed(lambda: Stage2Trainer(student_path, base_dir, CONFIG), itertools.repeat(_batch()),
+                                             tmp_path / "ckpt.pt", steps=2)  # the checkpoint says step 2
     a = {n: p for n, p in straight.unet.named_parameters() if p.requires_grad}
     b = {n: p for n, p in resumed.unet.named_parameters() if p.requires_grad}
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)

@@ -38,42 +38,43 @@ def test_exact_statistics_equal_the_untiled_statistics() -> None:
         assert torch.allclose(got_mean, mean, atol=1e-5) and torch.allclose(got_var, var, atol=1e-5), index
 
 
-def test_exact_tiled_vae_matches_untiled_and_beats_independent_tiles() -> None:
-    vae = tiny_vae(attention=False)
+def _as_image(t: torch.Tensor):
+    return ((t.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()
+
+
+def _exact_vae_case(*, attention: bool):
+    """A tiny VAE, its untiled latent and decode of a photo, and the exact-tiled encode and decode."""
+    vae = tiny_vae(attention=attention)
     image = _photo(192, 256)
     with torch.inference_mode():
         reference = vae.encoder(image)
         latent = vae.quant_conv(reference)[:, :4]
         decoded = vae.decoder(latent)
     enc = tiled_vae(vae.encoder, vae.encoder, image, scale=Fraction(1, 8), tile=64, overlap=16, context=128, mode="exact")
-    assert torch.allclose(enc, reference, atol=1e-4)
     dec = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="exact", align=1)
-    as_image = lambda t: ((t.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()  # noqa: E731
-    assert psnr(as_image(dec), as_image(decoded)) > 60
+    return vae, reference, latent, decoded, enc, dec
+
+
+def test_exact_tiled_vae_matches_untiled_and_beats_independent_tiles() -> None:
+    vae, reference, latent, decoded, enc, dec = _exact_vae_case(attention=False)
+    assert torch.allclose(enc, reference, atol=1e-4)
+    assert psnr(_as_image(dec), _as_image(decoded)) > 60
     # fast mode: statistics from a sample of the tiles; a random-weight VAE is far more sensitive to
     # them than a trained one, so the bounds are loose, but more sampled tiles must do better
     errors = []
     for count in (4, 16):
         fast = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="fast", align=1,
                          sample_tiles=count)
-        errors.append(psnr(as_image(fast), as_image(decoded)))
+        errors.append(psnr(_as_image(fast), _as_image(decoded)))
     assert errors[0] > 15 and errors[1] > errors[0] + 3
 
 
 def test_exact_mode_shares_the_mid_block_attention_across_tiles() -> None:
     # with attention the tiles' queries attend to the keys and values of the whole image, so exact
     # mode stays exact (measured: encoder 4e-6, decoder 131 dB; tile-local attention: 0.09 and 40 dB)
-    vae = tiny_vae(attention=True)
-    image = _photo(192, 256)
-    with torch.inference_mode():
-        reference = vae.encoder(image)
-        latent = vae.quant_conv(reference)[:, :4]
-        decoded = vae.decoder(latent)
-    enc = tiled_vae(vae.encoder, vae.encoder, image, scale=Fraction(1, 8), tile=64, overlap=16, context=128, mode="exact")
+    vae, reference, _, decoded, enc, dec = _exact_vae_case(attention=True)
     assert torch.allclose(enc, reference, atol=1e-4)
-    dec = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=16, mode="exact", align=1)
-    as_image = lambda t: ((t.clamp(-1, 1) + 1) / 2)[0].permute(1, 2, 0).numpy()  # noqa: E731
-    assert psnr(as_image(dec), as_image(decoded)) > 80
+    assert psnr(_as_image(dec), _as_image(decoded)) > 80
     # the model's own attention processors are back afterwards
     assert all(type(m.processor).__name__ != "_SharedAttention" for m in vae.modules() if hasattr(m, "processor"))
 

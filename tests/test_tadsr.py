@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import ctsr_infer
 from ctsr_infer.train.gan import hinge_d_loss
 from ctsr_infer.train.tadsr import TadsrConfig, TadsrTrainer
-from tests.tiny import tiny_pair, write_resshift_teacher
+from tests.tiny import straight_and_resumed, tiny_pair, write_resshift_teacher
 
 CONFIG = TadsrConfig(steps=4, lr=2e-4, warmup=1, checkpoint_every=2, disc_embed=32, disc_c_dim=8)
 
@@ -83,14 +83,7 @@ def test_discriminator_is_time_aware_and_separates(teacher: Path) -> None:
 
 
 def test_resume_and_export_round_trip(teacher: Path, tmp_path: Path) -> None:
-    batches = itertools.repeat(_pair())
-    straight = TadsrTrainer(teacher, CONFIG)
-    straight.train(batches, steps=1)
-    straight.save_checkpoint(tmp_path / "ckpt.pt")
-    straight.train(batches, steps=1)
-    resumed = TadsrTrainer(teacher, CONFIG)
-    resumed.load_checkpoint(tmp_path / "ckpt.pt")
-    resumed.train(batches, steps=1)
+    straight, resumed = straight_and_resumed(lambda: TadsrTrainer(teacher, CONFIG), itertools.repeat(_pair()), tmp_path / "ckpt.pt")
     for a, b in zip(straight.student.parameters(), resumed.student.parameters()):
         assert torch.equal(a, b)
     path = resumed.export(tmp_path / "tadsr.safetensors")

@@ -248,3 +248,17 @@ def tiny_pair(seed: int = 0, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor
 
     hr = torch.from_numpy(np.random.default_rng(seed).random((batch, 3, 64, 64), dtype=np.float32))
     return F.interpolate(hr, scale_factor=0.25, mode="area"), hr
+
+
+def straight_and_resumed(make, batches, checkpoint: Path, *, steps: int = 1):
+    """Two runs of a recipe: one trains ``steps``, checkpoints and trains ``steps`` more; a fresh one
+    resumes from that checkpoint (which must say step ``steps``) and trains ``steps``. Returns both."""
+    straight = make()
+    straight.train(batches, steps=steps)
+    straight.save_checkpoint(checkpoint)
+    straight.train(batches, steps=steps)
+    resumed = make()
+    resumed.load_checkpoint(checkpoint)
+    assert resumed.step == steps
+    resumed.train(batches, steps=steps)
+    return straight, resumed

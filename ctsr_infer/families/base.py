@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from ..colorfix import ColorFix
 from ..errors import InvalidInputError
 from ..tiling import TilingMode, plan_tiles
 
-__all__ = ["RunOptions", "TilePlan", "default_memory_budget", "VAE_BYTES_PER_PIXEL"]
+__all__ = ["RunOptions", "TilePlan", "default_memory_budget", "VAE_BYTES_PER_PIXEL", "run_in_fp32"]
 
 TilingChoice = Literal["auto", "exact", "fast", "off"]
 VAE_BYTES_PER_PIXEL = 5120
@@ -112,3 +115,19 @@ class TilePlan:
         # samples as many tiles as the budget holds
         sample = 4 if options.tiling == "fast" else max(4, min(fit, total))
         return cls(vae_mode, vae_tile, vae_overlap, context, sample, latent_tile, latent_overlap, batch)
+
+
+@contextmanager
+def run_in_fp32(owner: Any, networks: Sequence[tuple[nn.Module, torch.dtype]]) -> Iterator[None]:
+    """Run a loaded model in float32 for the duration (the pipeline's NaN retry): each network is cast
+    to fp32 and back to the dtype given with it, and ``owner.placement`` says fp32 meanwhile."""
+    saved = owner.placement
+    for module, _ in networks:
+        nn.Module.to(module, torch.float32)
+    owner.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
+    try:
+        yield
+    finally:
+        owner.placement = saved
+        for module, dtype in networks:
+            nn.Module.to(module, dtype)

@@ -9,7 +9,6 @@ resize the x4 output with Pillow's bicubic (antialiased when shrinking). Large i
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import math
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from ..errors import IncompatibleWeightsError, KnobError
 from ..image import resize_bicubic
 from ..progress import ProgressCallback, emit
 from ..tiling import tiled_apply
-from .base import RunOptions
+from .base import RunOptions, run_in_fp32
 
 __all__ = ["LiteNet", "LiteStudent"]
 
@@ -143,11 +142,5 @@ class LiteStudent:
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtype."""
-        saved = self.placement
-        self.net.float()
-        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
-        try:
+        with run_in_fp32(self, [(self.net, self.placement.dtype)]):
             yield
-        finally:
-            self.placement = saved
-            self.net.to(saved.dtype)

@@ -31,7 +31,6 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..checkpoints import StudentFile
 from ..colorfix import color_fix
@@ -40,7 +39,7 @@ from ..errors import IncompatibleWeightsError, InvalidInputError, KnobError
 from ..image import resize_bicubic
 from ..progress import ProgressCallback, emit
 from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from .base import RunOptions, TilePlan, default_memory_budget
+from .base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
 from .sd_onestep import pad_to_multiple
 from .shift_diffusion import Sampler, ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig
@@ -215,16 +214,8 @@ class ResShiftModel:
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtypes."""
-        saved = self.placement
-        nn.Module.to(self.net, torch.float32)
-        nn.Module.to(self.vq, torch.float32)
-        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
-        try:
+        with run_in_fp32(self, [(self.net, self.placement.dtype), (self.vq, self.placement.vae_dtype)]):
             yield
-        finally:
-            self.placement = saved
-            nn.Module.to(self.net, saved.dtype)
-            nn.Module.to(self.vq, saved.vae_dtype)
 
 
 def teacher(model: ResShiftModel) -> Callable[..., torch.Tensor]:

@@ -37,7 +37,7 @@ from ..image import resize_bicubic
 from ..lora import fuse, lora_delta
 from ..progress import ProgressCallback, emit
 from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from .base import RunOptions, TilePlan, default_memory_budget
+from .base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
 
 __all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt", "pad_to_multiple"]
 
@@ -374,15 +374,10 @@ class SDOneStep:
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtypes."""
-        saved = self.placement
-        nn.Module.to(self.unet, torch.float32)
-        nn.Module.to(self.vae, torch.float32)
+        dtype = self.prompt_embeds.dtype
         self.prompt_embeds = self.prompt_embeds.float()
-        self.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
         try:
-            yield
+            with run_in_fp32(self, [(self.unet, self.placement.dtype), (self.vae, self.placement.vae_dtype)]):
+                yield
         finally:
-            self.placement = saved
-            nn.Module.to(self.unet, saved.dtype)
-            nn.Module.to(self.vae, saved.vae_dtype)
-            self.prompt_embeds = self.prompt_embeds.to(saved.dtype)
+            self.prompt_embeds = self.prompt_embeds.to(dtype)

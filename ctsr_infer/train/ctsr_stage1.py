@@ -39,8 +39,8 @@ from torch import nn
 
 from ..device import resolve
 from ..errors import InvalidInputError
-from ..families.sd_onestep import SDOneStep
 from ..checkpoints import load_student
+from ..families.sd_onestep import SDOneStep, load_base
 from .sd_student import TrainableStudent
 from .trainer import Recipe
 
@@ -122,8 +122,6 @@ class Stage1Trainer(Recipe):
         self.device = placement.device
         self.student = TrainableStudent.from_file(student, base).to(self.device)
         file = load_student(student)
-        from ..families.sd_onestep import load_base
-
         unet, vae, alphas = load_base(base)
         self.realness = SDOneStep(file, unet, vae, alphas, placement)
         self.realness.unet.requires_grad_(False)

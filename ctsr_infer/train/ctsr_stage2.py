@@ -98,7 +98,7 @@ class Stage2Trainer(Recipe):
         self.modules = _targets(self.unet)
         self.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=self.modules, init_lora_weights=True),
                               adapter_name="ctrl")
-        self.parameters = [p for n, p in self.unet.named_parameters() if ".ctrl." in n or n.endswith(".ctrl.weight")]
+        self.parameters = [p for n, p in self.unet.named_parameters() if ".ctrl." in n]
         for p in self.parameters:
             p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=(0.9, 0.999))
