@@ -8,7 +8,8 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -45,6 +46,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(train_app, name="train")
 out = Console()
 err = Console(stderr=True)
+logger = logging.getLogger("ctsr_infer.cli")
 
 
 def _exit_code(exc: BaseException) -> int:
@@ -452,6 +454,34 @@ def train_lite_command(
     out.print(f"wrote {path}")
 
 
+def _run_recipe(name: str, trainer: Any, make_batches: Callable[[int], Any], checkpoint: Optional[Path], output: Path,
+                loss: str | None) -> None:
+    """Resume, train with a progress bar, checkpoint and export; under ``accelerate launch`` every
+    process draws its own data and only the main one draws the bar and writes files."""
+    engine = trainer.engine
+    if checkpoint is not None and checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint)
+        if engine.is_main:
+            err.print(f"resumed from {checkpoint} at step {trainer.step}")
+    batches = make_batches(trainer.config.seed + trainer.step + 1_000_003 * engine.process_index)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
+                   disable=not (err.is_terminal and engine.is_main))
+
+    def report(step: int, terms: dict[str, float]) -> None:
+        bar.update(task, completed=step, description=name if loss is None else f"{name} loss {terms[loss]:.4g}")
+        if step % 50 == 0 or step == trainer.config.steps:
+            logger.info("%s step %d: %s", name, step, " ".join(f"{k} {v:.4g}" for k, v in terms.items()))
+
+    with bar:
+        task = bar.add_task(name, total=trainer.config.steps, completed=trainer.step)
+        trainer.train(batches, checkpoint=checkpoint, on_step=report)
+    if checkpoint is not None:
+        trainer.save_checkpoint(checkpoint)
+    if engine.is_main:
+        out.print(f"wrote {trainer.export(output)}")
+    engine.wait()
+
+
 @train_app.command("ctsr-stage1")
 def train_ctsr_stage1(
     student: Annotated[Path, typer.Option("--student", help="Initial student file (a converted OSEDiff = the realness teacher).")],
@@ -479,19 +509,7 @@ def train_ctsr_stage1(
         trainer = Stage1Trainer(student, base, fidelity, settings_)
     except CtsrError as exc:
         raise _fail(exc) from None
-    if checkpoint is not None and checkpoint.is_file():
-        trainer.load_checkpoint(checkpoint)
-        err.print(f"resumed from {checkpoint} at step {trainer.step}")
-    batches = paired_batches(files, crop=crop, seed=settings_.seed + trainer.step)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                   disable=not err.is_terminal)
-    with bar:
-        task = bar.add_task("stage 1", total=settings_.steps, completed=trainer.step)
-        trainer.train(batches, checkpoint=checkpoint,
-                      on_step=lambda step, terms: bar.update(task, completed=step, description=f"stage 1 loss {terms['total']:.4g}"))
-    if checkpoint is not None:
-        trainer.save_checkpoint(checkpoint)
-    out.print(f"wrote {trainer.export(output)}")
+    _run_recipe("stage 1", trainer, lambda seed_: paired_batches(files, crop=crop, seed=seed_), checkpoint, output, "total")
 
 
 def _train_resshift_recipe(recipe: str, teacher: Path, photos: Path, output: Path, config: Optional[Path], overrides: dict,
@@ -511,18 +529,8 @@ def _train_resshift_recipe(recipe: str, teacher: Path, photos: Path, output: Pat
         trainer = Trainer(teacher, settings_)  # type: ignore[arg-type]
     except CtsrError as exc:
         raise _fail(exc) from None
-    if checkpoint is not None and checkpoint.is_file():
-        trainer.load_checkpoint(checkpoint)
-        err.print(f"resumed from {checkpoint} at step {trainer.step}")
-    batches = stacked(paired_batches(files, crop=settings_.crop, seed=settings_.seed + trainer.step), settings_.batch)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                   disable=not err.is_terminal)
-    with bar:
-        task = bar.add_task(recipe, total=settings_.steps, completed=trainer.step)
-        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, terms: bar.update(task, completed=step))
-    if checkpoint is not None:
-        trainer.save_checkpoint(checkpoint)
-    out.print(f"wrote {trainer.export(output)}")
+    _run_recipe(recipe, trainer, lambda seed_: stacked(paired_batches(files, crop=settings_.crop, seed=seed_), settings_.batch),
+                checkpoint, output, "total" if recipe == "tadsr" else "student")
 
 
 @train_app.command("tadsr")
@@ -590,18 +598,7 @@ def train_ctsr_stage2(
         trainer = Stage2Trainer(stage1, base, settings_)
     except CtsrError as exc:
         raise _fail(exc) from None
-    if checkpoint is not None and checkpoint.is_file():
-        trainer.load_checkpoint(checkpoint)
-        err.print(f"resumed from {checkpoint} at step {trainer.step}")
-    batches = lr_batches(pixels, batch=settings_.batch, crop=crop, seed=settings_.seed + trainer.step)
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
-                   disable=not err.is_terminal)
-    with bar:
-        task = bar.add_task("stage 2", total=settings_.steps, completed=trainer.step)
-        trainer.train(batches, checkpoint=checkpoint, on_step=lambda step, terms: bar.update(task, completed=step, description=f"stage 2 loss {terms['ctrl']:.4g}"))
-    if checkpoint is not None:
-        trainer.save_checkpoint(checkpoint)
-    out.print(f"wrote {trainer.export(output)}")
+    _run_recipe("stage 2", trainer, lambda seed_: lr_batches(pixels, batch=settings_.batch, crop=crop, seed=seed_), checkpoint, output, "ctrl")
 
 
 def main() -> None:

@@ -98,3 +98,50 @@ def test_resume_and_export_round_trip(teacher: Path, tmp_path: Path) -> None:
         z0 = resumed.one_step(resumed.ema.shadow, z_y, lq, noise)
         image = ((resumed.teacher.decode(z0) + 1) / 2).clamp(0, 1)
     assert (runtime - image).abs().max() <= 1e-5
+
+
+def test_bf16_with_accumulation_trains_and_the_discriminator_stays_clean(teacher: Path) -> None:
+    """Mixed precision and two micro-batches per step: 2 steps use 4 batches, the EMA moves once per
+    step, the weights stay fp32 and finite, and the generator's loss leaves no gradient on D."""
+    from dataclasses import replace
+
+    trainer = TadsrTrainer(teacher, replace(CONFIG, mixed_precision="bf16", gradient_accumulation_steps=2))
+    pairs = [_pair(seed) for seed in range(4)]
+    used = iter(pairs)
+    ema_before = [p.detach().clone() for p in trainer.ema.shadow.parameters()]
+    history = trainer.train(used, steps=2)
+    assert trainer.step == 2 and next(used, None) is None
+    assert all(np.isfinite(v) for terms in history for v in terms.values())
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in trainer.student.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(ema_before, trainer.ema.shadow.parameters()))
+    assert all(p.grad is None for p in trainer.disc.parameters())
+
+
+def test_cli_under_torchrun_two_processes(teacher: Path, tmp_path: Path) -> None:
+    """The multi-GPU path on two CPU processes: the CLI as `accelerate launch -m ctsr_infer.cli`
+    runs it; one process writes the checkpoint and the student, which the runtime loads."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(2):
+        Image.fromarray((np.random.default_rng(seed).random((80, 80, 3)) * 255).astype(np.uint8)).save(photos / f"{seed}.png")
+    (tmp_path / "c.toml").write_text("disc_embed = 32\ndisc_c_dim = 8\ngradient_accumulation_steps = 2\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+                             "-m", "ctsr_infer.cli", "train", "tadsr", "--teacher", str(teacher), "--photos", str(photos),
+                             "--out", str(tmp_path / "s.safetensors"), "--steps", "2", "--batch", "1", "--crop", "64",
+                             "--config", str(tmp_path / "c.toml"), "--checkpoint", str(tmp_path / "ck.pt")],
+                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote ") == 1
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert state["step"] == 2 and state["config"]["gradient_accumulation_steps"] == 2
+    up = ctsr_infer.load(str(tmp_path / "s.safetensors"))
+    [image] = up.upscale_tensor(torch.full((1, 3, 16, 16), 0.5), seed=7, color_fix="none")
+    assert image.shape[-3:] == (3, 64, 64) and bool(torch.isfinite(image).all())
+    assert up.meta.provenance["tadsr"]["trained_steps"] == 2

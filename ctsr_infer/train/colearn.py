@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from ..families.swin_unet import SwinUNet, SwinUNetConfig
+from .engine import EngineConfig
 from .gan import EMA
 from .resshift_backend import ResShiftStudentMixin
 
@@ -43,7 +43,7 @@ __all__ = ["ColearnConfig", "ColearnTrainer", "ConvDiscriminator"]
 
 
 @dataclass(frozen=True)
-class ColearnConfig:
+class ColearnConfig(EngineConfig):
     steps: int = 20_000
     lr: float = 5e-5
     weight: float = 1.0
@@ -57,7 +57,6 @@ class ColearnConfig:
     batch: int = 4
     """Not given by the paper."""
     crop: int = 256
-    device: str = "auto"
     seed: int = 0
     checkpoint_every: int = 1000
 
@@ -120,8 +119,8 @@ class ColearnTrainer(ResShiftStudentMixin):
         self.opt_s = torch.optim.Adam(self.student.parameters(), lr=config.lr)
         self.opt_g = torch.optim.Adam(self.down.parameters(), lr=config.lr)
         self.opt_d = torch.optim.Adam([*self.d_high.parameters(), *self.d_low.parameters()], lr=config.lr)
-        self.rng = random.Random(config.seed)
         self.step = 0
+        self.seed_process()
 
     def pixels(self, z: torch.Tensor) -> torch.Tensor:
         """A differentiable decode: the VQ decoder on the continuous latent (straight-through quantiser)."""
@@ -150,9 +149,8 @@ class ColearnTrainer(ResShiftStudentMixin):
         with torch.no_grad():
             real_pixels = hr.contiguous().to(self.device) * 2.0 - 1.0
         loss_d = self.d_loss(self.d_high(real_pixels), self.d_high(fake_pixels.detach())) + self.d_loss(self.d_low(z_y), self.d_low(y_hat.detach()))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.engine.backward(loss_d, [*self.d_high.parameters(), *self.d_low.parameters()])
+        self.engine.step(self.opt_d)
         # student and downsampler (Eq. 7, 8), each with the gradient of its own total
         denoise = F.mse_loss(x0, z_gt)
         distill = F.mse_loss(x0, x0_tch)
@@ -160,19 +158,11 @@ class ColearnTrainer(ResShiftStudentMixin):
         low = self.g_loss(self.d_low(y_hat))
         loss_student = denoise + cfg.weight * (distill + high + low)
         loss_down = F.mse_loss(y_hat, z_y) + cfg.weight * low
-        student_params, down_params = list(self.student.parameters()), list(self.down.parameters())
-        grads_s = torch.autograd.grad(loss_student, student_params, retain_graph=True)
-        grads_g = torch.autograd.grad(loss_down, down_params)
-        for p, g in zip(student_params, grads_s):
-            p.grad = g
-        for p, g in zip(down_params, grads_g):
-            p.grad = g
-        self.opt_s.step()
-        self.opt_g.step()
-        self.opt_s.zero_grad(set_to_none=True)
-        self.opt_g.zero_grad(set_to_none=True)
-        self.opt_d.zero_grad(set_to_none=True)
-        self.ema.update(self.student)
+        self.engine.backward(loss_student, self.student.parameters(), retain_graph=True)
+        self.engine.backward(loss_down, self.down.parameters())
+        self.engine.step(self.opt_s, self.opt_g)
+        if self.engine.sync:
+            self.ema.update(self.student)
         return {"denoise": float(denoise.detach()), "distill": float(distill.detach()), "gan_high": float(high.detach()), "gan_low": float(low.detach()),
                 "student": float(loss_student.detach()), "downsampler": float(loss_down.detach()), "disc": float(loss_d.detach())}
 

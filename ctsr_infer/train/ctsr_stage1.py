@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,13 +41,14 @@ from ..errors import InvalidInputError
 from ..checkpoints import load_student
 from ..families.sd_onestep import SDOneStep, load_base
 from .sd_student import TrainableStudent
+from .engine import Engine, EngineConfig
 from .trainer import Recipe
 
 __all__ = ["Stage1Config", "Stage1Trainer", "perceptual_loss", "paired_batches", "stacked"]
 
 
 @dataclass(frozen=True)
-class Stage1Config:
+class Stage1Config(EngineConfig):
     """Defaults are the paper's (Sec. 4.1): AdamW (0.9, 0.999), lr 5e-5, batch 1, 20,000 steps."""
 
     steps: int = 20_000
@@ -64,7 +64,6 @@ class Stage1Config:
     """``lpips-vgg`` (the lpips package, pretrained) or ``untrained-features`` (explicit opt-in)."""
     seed: int = 0
     checkpoint_every: int = 1000
-    device: str = "auto"
 
 
 class _RandomFeatures(nn.Module):
@@ -116,10 +115,11 @@ class Stage1Trainer(Recipe):
         from ..families.resshift import ResShiftModel
 
         self.config = config
-        self.perceptual = perceptual_loss(config.perceptual, device=resolve(config.device, "fp32").device)
+        self.engine = Engine.from_config(config)
+        self.device = self.engine.device
+        self.perceptual = perceptual_loss(config.perceptual, device=self.device)
         torch.manual_seed(config.seed)
-        placement = resolve(config.device, "fp32")
-        self.device = placement.device
+        placement = resolve(str(self.device), "fp32")
         self.student = TrainableStudent.from_file(student, base).to(self.device)
         file = load_student(student)
         unet, vae, alphas = load_base(base)
@@ -131,9 +131,9 @@ class Stage1Trainer(Recipe):
         self.fidelity.vq.requires_grad_(False)
         self.parameters = [p for p in self.student.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=(0.9, 0.999))
-        self.rng = random.Random(config.seed)
         self.step = 0
         self.alphas = self.student.alphas_cumprod
+        self.seed_process()
 
     # -- the teachers ------------------------------------------------------------------------------
 
@@ -201,9 +201,8 @@ class Stage1Trainer(Recipe):
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
         terms = self.losses(*batch)
-        terms["total"].backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.engine.backward(terms["total"], self.parameters)
+        self.engine.step(self.optimizer)
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def trainable_modules(self) -> dict[str, nn.Module]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -38,6 +37,7 @@ from ..families.base import RunOptions
 from ..families.sd_onestep import SDOneStep, load_base, pad_to_multiple
 from ..image import resize_bicubic
 from ..knob import Knob
+from .engine import Engine, EngineConfig
 from .trainer import Recipe
 
 __all__ = ["Stage2Config", "Stage2Trainer", "CTRL_TARGETS", "tau_report", "lr_batches"]
@@ -50,7 +50,7 @@ samplers: attention, feed-forward and ResNet convolutions)."""
 
 
 @dataclass(frozen=True)
-class Stage2Config:
+class Stage2Config(EngineConfig):
     """Defaults are the paper's (Sec. 4.1): AdamW (0.9, 0.999), lr 5e-5, batch 1, rank 4, 50,000 steps."""
 
     steps: int = 50_000
@@ -66,7 +66,6 @@ class Stage2Config:
     checkpoint_every: int = 1000
     default_t: float = 0.5
     """The knob value the exported student uses when the caller gives none."""
-    device: str = "auto"
 
     def knob(self) -> Knob:
         return Knob(kind="ctsr-flow", default_t=self.default_t, tau_start=self.tau_start, tau_end=self.tau_end, steps=1)
@@ -90,9 +89,10 @@ class Stage2Trainer(Recipe):
         self.stage1 = load_student(stage1)
         if any(a.phase == "ctrl" for a in self.stage1.meta.adapters):
             raise InvalidInputError(f"`{stage1}` already has a ctrl adapter; stage 2 starts from a stage-1 student.")
+        self.engine = Engine.from_config(config)
         torch.manual_seed(config.seed)
         unet, vae, alphas = load_base(base)
-        self.model = SDOneStep(self.stage1, unet, vae, alphas, resolve(config.device, "fp32"))
+        self.model = SDOneStep(self.stage1, unet, vae, alphas, resolve(str(self.engine.device), "fp32"))
         self.unet = self.model.unet
         self.unet.requires_grad_(False)
         self.modules = _targets(self.unet)
@@ -103,7 +103,7 @@ class Stage2Trainer(Recipe):
             p.requires_grad_(True)
         self.optimizer = torch.optim.AdamW(self.parameters, lr=config.lr, betas=(0.9, 0.999))
         self.step = 0
-        self.rng = random.Random(config.seed)
+        self.seed_process()
         self.options = RunOptions(scale=self.stage1.meta.scale, color_fix="none", knob_steps=1, seed=None, encode="mean", tiling="off")
 
     # -- the model pieces --------------------------------------------------------------------------
@@ -149,9 +149,8 @@ class Stage2Trainer(Recipe):
 
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         loss = self.loss(self.stage1_latent(batch))
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.engine.backward(loss, self.parameters)
+        self.engine.step(self.optimizer)
         return {"ctrl": float(loss.detach())}
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:

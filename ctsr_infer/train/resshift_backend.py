@@ -17,6 +17,7 @@ from ..device import resolve
 from ..errors import InvalidInputError
 from ..families.resshift import ResShiftModel
 from .gan import EMA
+from .engine import Engine
 from .trainer import Recipe
 
 __all__ = ["ResShiftStudentMixin"]
@@ -37,7 +38,8 @@ class ResShiftStudentMixin(Recipe):
         self.teacher_file = load_student(teacher)
         if self.teacher_file.meta.family != "resshift-onestep":
             raise InvalidInputError(f"the teacher `{teacher}` must be a resshift-onestep file, not {self.teacher_file.meta.family!r}.")
-        self.device = resolve(getattr(self.config, "device", "cpu"), "fp32").device  # type: ignore[attr-defined]
+        self.engine = Engine.from_config(self.config)  # type: ignore[attr-defined]
+        self.device = self.engine.device
         self.teacher = ResShiftModel(self.teacher_file, resolve(str(self.device), "fp32"))
         self.teacher.net.requires_grad_(False)
         self.teacher.vq.requires_grad_(False)

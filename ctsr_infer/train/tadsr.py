@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from .engine import EngineConfig
 from .gan import EMA, TimeAwareDiscriminator, hinge_d_loss, hinge_g_loss
 from .resshift_backend import ResShiftStudentMixin
 
@@ -35,7 +35,7 @@ __all__ = ["TadsrConfig", "TadsrTrainer"]
 
 
 @dataclass(frozen=True)
-class TadsrConfig:
+class TadsrConfig(EngineConfig):
     steps: int = 30_000
     lr: float = 5e-5
     warmup: int = 5_000
@@ -48,7 +48,6 @@ class TadsrConfig:
     disc_c_dim: int = 64
     batch: int = 8
     crop: int = 256
-    device: str = "auto"
     """HR crop side (LR = crop / 4)."""
     seed: int = 0
     checkpoint_every: int = 1000
@@ -68,8 +67,8 @@ class TadsrTrainer(ResShiftStudentMixin):
         self.disc = TimeAwareDiscriminator(channels, embed_dim=config.disc_embed, c_dim=config.disc_c_dim).to(self.device)
         self.opt_g = torch.optim.AdamW(self.student.parameters(), lr=config.lr, weight_decay=0.0)
         self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=config.lr, weight_decay=0.0)
-        self.rng = random.Random(config.seed)
         self.step = 0
+        self.seed_process()
 
     def features(self, z_t: torch.Tensor, t: int, lq: torch.Tensor) -> list[torch.Tensor]:
         return self.teacher.net.encoder_features(self.schedule.scale_input(z_t, t), torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device), lq)
@@ -104,18 +103,17 @@ class TadsrTrainer(ResShiftStudentMixin):
         fake = self.features(self.schedule.q_sample(z0_stu, z_y, t_d, n_d), t_d, lq)
         steps = torch.full((z_y.shape[0],), t_d, dtype=torch.long, device=z_y.device)
         loss_d = hinge_d_loss(self.disc(real, steps), self.disc([f.detach() for f in fake], steps))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        self.engine.backward(loss_d, self.disc.parameters())
+        self.engine.step(self.opt_d)
         # student (Eq. 13)
         distill = F.mse_loss(z0_stu, z0_tch)
         hsd = self.hsd(z0_stu, z0_tch, z_y, lq, self.rng.randrange(cfg.hsd_indices), self.noise(z_y))
         adv = hinge_g_loss(self.disc(fake, steps))
         loss_g = distill + cfg.lambda_hsd * hsd + cfg.lambda_gan * adv
-        self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
-        self.ema.update(self.student)
+        self.engine.backward(loss_g, self.student.parameters())
+        self.engine.step(self.opt_g)
+        if self.engine.sync:
+            self.ema.update(self.student)
         return {"distill": float(distill.detach()), "hsd": float(hsd.detach()), "adv": float(adv.detach()), "total": float(loss_g.detach()), "disc": float(loss_d.detach())}
 
     def full_modules(self) -> dict[str, torch.nn.Module]:
