@@ -52,14 +52,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-def random_model(family: str, *, device: str = "cpu", dtype: str = "fp32", channels_last: bool = False, seed: int = 0):
-    """A full-size model of ``family`` with random weights (``lite``: the shipped model) as an Upscaler."""
+def random_model(family: str, *, device: str = "cpu", dtype: str = "fp32", channels_last: bool | None = False, seed: int = 0):
+    """A full-size model of ``family`` with random weights (``lite``: the shipped model) as an Upscaler;
+    ``dtype="auto"`` picks what :func:`ctsr_infer.load` would pick for that family."""
     from .checkpoints import StudentFile, StudentMeta
     from .device import resolve
     from .knob import Knob
     from .pipeline import Upscaler, load
 
-    placement = resolve(device, dtype, channels_last=channels_last)
+    placement = resolve(device, dtype, channels_last=channels_last, family=family)
     torch.manual_seed(seed)
     if family == "lite":
         return load("ctsr-lite", device=device, dtype=dtype, channels_last=channels_last)
@@ -91,7 +92,7 @@ class BenchResult:
     model: str
     size: int
     dtype: str
-    channels_last: bool
+    channels_last: bool | None
     runs: int
     load_seconds: float
     seconds: float
@@ -102,9 +103,11 @@ class BenchResult:
     peak_device_gb: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     psnr_vs_fp32: float | None = None
+    placement: str = ""
+    """What ran: network dtype / VAE dtype / layout (resolved from ``auto``)."""
 
 
-def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool = False, runs: int = 3, warmup: int = 1,
+def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
             device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
     """Load ``model`` (a family name for random full-size weights, or a model id / student path),
     upscale one random image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians."""
@@ -143,10 +146,16 @@ def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool =
     device_peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() and device.startswith("cuda") else None
     return BenchResult(model=model, size=size, dtype=dtype, channels_last=channels_last, runs=runs, load_seconds=load_seconds,
                        seconds=statistics.median(totals), stages={k: statistics.median(v) for k, v in per_stage.items()},
-                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options)
+                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options, placement=describe(upscaler.model.placement))
 
 
-def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool = False, runs: int = 3, warmup: int = 1,
+def describe(placement: Any) -> str:
+    """``network/VAE dtype[, channels-last]``, e.g. ``fp32/bf16, channels-last``."""
+    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return f"{names[placement.dtype]}/{names[placement.vae_dtype]}" + (", channels-last" if placement.channels_last else "")
+
+
+def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
                  device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
     """:func:`measure` in a fresh Python process (so peak RSS is this configuration's alone)."""
     spec = json.dumps({"model": model, "size": size, "dtype": dtype, "channels_last": channels_last, "runs": runs,

@@ -321,7 +321,7 @@ def doctor() -> None:
 def bench(
     model: Annotated[str, typer.Option("--model", help="sd-onestep, resshift-onestep or lite (full-size architecture, random weights), or a model id / student file.")] = "lite",
     size: Annotated[list[int], typer.Option("--size", help="Output side in pixels; repeat for several.")] = [512],  # noqa: B006
-    dtype: Annotated[list[str], typer.Option("--dtype", help="fp32, bf16, fp16; repeat to compare (the first one is the reference).")] = ["fp32"],  # noqa: B006
+    dtype: Annotated[list[str], typer.Option("--dtype", help="fp32, bf16, fp16 or auto (what `ctsr upscale` picks); repeat to compare (the first one is the reference).")] = ["fp32"],  # noqa: B006
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Also run each dtype in channels-last memory format.")] = False,
     runs: Annotated[int, typer.Option("--runs", help="Measured runs per configuration (the median is reported).")] = 3,
     warmup: Annotated[int, typer.Option("--warmup", help="Unmeasured runs first.")] = 1,
@@ -341,13 +341,13 @@ def bench(
 
     if runs < 1 or warmup < 0:
         raise typer.BadParameter("--runs must be >= 1 and --warmup >= 0")
-    layouts = [False, True] if channels_last else [False]
+    layouts: list[bool | None] = [False, True] if channels_last else [False]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for side in size:
             reference = None
             for name in dtype:
-                for layout in layouts:
+                for layout in ([None] if name == "auto" else layouts):
                     save = str(Path(scratch) / f"{side}-{name}-{layout}.npy")
                     try:
                         result = run_isolated(model, size=side, dtype=name, channels_last=layout, runs=runs, warmup=warmup, device=device, save=save)
@@ -362,7 +362,7 @@ def bench(
                     results.append(result)
                     stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
                     quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"
-                    out.print(f"{model} {side}px {name}{' channels-last' if layout else ''}: {result.seconds:.2f} s "
+                    out.print(f"{model} {side}px {name} ({result.placement}): {result.seconds:.2f} s "
                               f"(load {result.load_seconds:.1f} s), peak RSS {result.peak_rss_gb:.2f} GB{quality}\n    {stages}")
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(r) for r in results], indent=2))

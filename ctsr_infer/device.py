@@ -3,19 +3,48 @@
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass, replace
+from functools import lru_cache
+from pathlib import Path
 from typing import Literal, get_args
 
 import torch
 
 from .errors import DeviceError, InvalidInputError
+from .settings import current
 
-__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "NonFinite", "check_finite"]
+__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "native_bf16_cpu", "CPU_AUTO", "NonFinite", "check_finite"]
 
 logger = logging.getLogger(__name__)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# ``dtype="auto"`` on a CPU with native bf16: per family, the fastest path measured on such a CPU
+# (README "Speed") that passed the accuracy guard (output PSNR >= 40 dB against fp32 on the tiny and
+# the full-size random-weight models; tests/test_speed_paths.py re-checks the tiny ones).
+# (network, VAE encoder, VAE decoder, channels-last). sd-onestep keeps its UNet and VAE encoder in
+# fp32: the one-step x0 formula divides the latent and the UNet's eps by sqrt(alpha_bar_999), which
+# multiplies their bf16 error by 14.6 (tiny model: 31 dB); its decoder, most of the time, is bf16.
+CPU_AUTO: dict[str, tuple[str, str, str, bool]] = {
+    "lite": ("bf16", "bf16", "bf16", True),
+    "resshift-onestep": ("bf16", "bf16", "bf16", True),
+    "sd-onestep": ("fp32", "fp32", "bf16", True),
+}
+
+
+@lru_cache(maxsize=1)
+def native_bf16_cpu() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 or AMX-BF16; read from /proc/cpuinfo,
+    so False off Linux). Without them bf16 is emulated and slower than fp32."""
+    if platform.system() != "Linux":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 @dataclass(frozen=True)
@@ -27,6 +56,12 @@ class Placement:
     """Dtype of the VAE; fp32 under ``auto`` on CUDA so the decode never overflows."""
     channels_last: bool = False
     """Convolutions in channels-last memory format (faster with bf16 on CPUs and on tensor cores)."""
+    decoder: torch.dtype | None = None
+    """Dtype of the VAE's decoder when it differs from ``vae_dtype`` (see :data:`CPU_AUTO`)."""
+
+    @property
+    def decoder_dtype(self) -> torch.dtype:
+        return self.decoder or self.vae_dtype
 
     def prepare(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Move a 4-D activation to the device, in ``dtype`` (default: the network's) and layout."""
@@ -47,11 +82,13 @@ def _mps_ok() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
-def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool = False) -> Placement:
+def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool | None = None, family: str | None = None) -> Placement:
     """Resolve device and dtype names.
 
-    ``auto`` is CUDA with bf16 (VAE in fp32) when CUDA is present, else CPU with fp32. MPS is used
-    only when asked for. ``cuda:N`` picks a GPU.
+    ``auto`` is CUDA with bf16 (VAE in fp32) when CUDA is present, else the CPU: there, for a known
+    ``family`` on a CPU with native bf16, the family's entry of :data:`CPU_AUTO`, otherwise fp32.
+    MPS is used only when asked for. ``cuda:N`` picks a GPU. ``channels_last`` None: the
+    ``CPU_AUTO`` entry's under ``auto``, else off.
 
     Raises:
         InvalidInputError: an unknown name.
@@ -76,6 +113,10 @@ def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool = 
     if dtype == "auto":
         if base == "cuda":
             placement = Placement(torch_device, torch.bfloat16, torch.float32)
+        elif base == "cpu" and family in CPU_AUTO and current().cpu_fast and native_bf16_cpu():
+            network, encoder, decoder, layout = CPU_AUTO[family]
+            placement = Placement(torch_device, _DTYPES[network], _DTYPES[encoder], channels_last=layout if channels_last is None else channels_last,
+                                  decoder=_DTYPES[decoder])
         else:
             placement = Placement(torch_device, torch.float32, torch.float32)
     else:
@@ -87,8 +128,8 @@ def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool = 
         placement = Placement(torch_device, chosen, chosen)
     if channels_last:
         placement = replace(placement, channels_last=True)
-    logger.info("device %s, network dtype %s, VAE dtype %s, channels-last %s", placement.device, placement.dtype,
-                placement.vae_dtype, placement.channels_last)
+    logger.info("device %s, network dtype %s, VAE dtype %s (decoder %s), channels-last %s", placement.device, placement.dtype,
+                placement.vae_dtype, placement.decoder_dtype, placement.channels_last)
     return placement
 
 

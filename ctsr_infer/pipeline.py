@@ -239,7 +239,7 @@ def load(
     base: str | os.PathLike[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
-    channels_last: bool = False,
+    channels_last: bool | None = None,
 ) -> Upscaler:
     """Load a student by manifest id or student-file path.
 
@@ -248,13 +248,14 @@ def load(
             student file (``.safetensors``).
         base: a local diffusers folder for the base model, overriding the file's/manifest's reference.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-        channels_last: run convolutions in channels-last memory format.
+        dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto``: bf16 with an fp32 VAE on CUDA; on a
+            CPU with native bf16 the family's measured fast path (``device.CPU_AUTO``), else fp32.
+        channels_last: run convolutions in channels-last memory format; None: as ``auto`` picks.
     """
     from .hub import ensure_student, resolve_base
     from .manifest import BaseSpec, load_manifest
 
-    placement = resolve(device, dtype, channels_last=channels_last)
+    resolve(device, dtype)  # names checked before anything is downloaded
     manifest = load_manifest()
     model = manifest.default if model is None else model
     base_dir: Path | None = Path(base) if base is not None else None
@@ -271,6 +272,7 @@ def load(
         student_path, base_dir = ensure_student(spec, base_dir=base_dir)
         name = spec.id
     student = load_student(student_path)
+    placement = resolve(device, dtype, channels_last=channels_last, family=student.meta.family)
     if student.meta.family == "lite":
         from .families.lite import LiteStudent
 

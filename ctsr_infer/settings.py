@@ -21,6 +21,9 @@ class Settings:
     """Root of ctsr-infer's own files (converted students, recorded hashes). ``CTSR_HOME``."""
     offline: bool
     """Never touch the network. ``CTSR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``."""
+    cpu_fast: bool = True
+    """``dtype="auto"`` may pick bf16 on CPUs with native bf16 (``device.CPU_AUTO``); ``CTSR_CPU_FAST=0``
+    keeps fp32 (bit-reproducible across CPUs)."""
 
     @property
     def models_dir(self) -> Path:
@@ -32,4 +35,5 @@ def current() -> Settings:
     """Read the settings from the environment now."""
     default_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ctsr"
     home = Path(os.environ.get("CTSR_HOME", default_home)).expanduser()
-    return Settings(home=home, offline=_flag("CTSR_OFFLINE") or _flag("HF_HUB_OFFLINE"))
+    fast = os.environ.get("CTSR_CPU_FAST", "1").strip().lower() not in {"0", "false", "no", "off"}
+    return Settings(home=home, offline=_flag("CTSR_OFFLINE") or _flag("HF_HUB_OFFLINE"), cpu_fast=fast)

@@ -18,6 +18,9 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("CTSR_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # dtype="auto" stays fp32 so exactness tests compare like with like on any CPU;
+    # tests/test_speed_paths.py turns the CPU fast path on and checks it against the accuracy guard
+    monkeypatch.setenv("CTSR_CPU_FAST", "0")
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)

@@ -124,7 +124,7 @@ def run_in_fp32(owner: Any, networks: Sequence[tuple[nn.Module, torch.dtype]]) -
     saved = owner.placement
     for module, _ in networks:
         nn.Module.to(module, torch.float32)
-    owner.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32)
+    owner.placement = replace(saved, dtype=torch.float32, vae_dtype=torch.float32, decoder=None)
     try:
         yield
     finally:

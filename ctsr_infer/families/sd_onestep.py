@@ -175,6 +175,8 @@ class SDOneStep:
         # nn.Module.to, not diffusers' override: it warns about casting, and fusing was done in fp32 on purpose
         self.unet = placement.place(unet)
         self.vae = placement.place(vae, placement.vae_dtype)
+        for part in self._decoder_parts():
+            placement.place(part, placement.decoder_dtype)
         self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
         if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
             raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
@@ -338,7 +340,7 @@ class SDOneStep:
 
     def decode(self, latents: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
         """Scaled latents -> image in [-1, 1] (float32, clamped, on the CPU)."""
-        vae, device, dtype = self.vae, self.placement.device, self.placement.vae_dtype
+        vae, device, dtype = self.vae, self.placement.device, self.placement.decoder_dtype
         plan = plan or TilePlan.untiled()
         z = latents.to(device, dtype) / VAE_SCALING
         z = vae.post_quant_conv(z) if vae.post_quant_conv is not None else z
@@ -371,13 +373,17 @@ class SDOneStep:
                         encoder_hidden_states=self.prompt_embeds.expand(batch, -1, -1))
         return out.sample.float()
 
+    def _decoder_parts(self) -> list[torch.nn.Module]:
+        return [m for m in (self.vae.post_quant_conv, self.vae.decoder) if m is not None]
+
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtypes."""
         dtype = self.prompt_embeds.dtype
         self.prompt_embeds = self.prompt_embeds.float()
         try:
-            with run_in_fp32(self, [(self.unet, self.placement.dtype), (self.vae, self.placement.vae_dtype)]):
+            parts = [(part, self.placement.decoder_dtype) for part in self._decoder_parts()]
+            with run_in_fp32(self, [(self.unet, self.placement.dtype), (self.vae, self.placement.vae_dtype), *parts]):
                 yield
         finally:
             self.prompt_embeds = self.prompt_embeds.to(dtype)
