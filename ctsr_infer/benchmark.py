@@ -105,20 +105,30 @@ class BenchResult:
     psnr_vs_fp32: float | None = None
     placement: str = ""
     """What ran: network dtype / VAE dtype / layout (resolved from ``auto``)."""
+    compiled: bool = False
+    threads: int = 0
+    """torch's intra-op threads during the run."""
 
 
 def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
-            device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
+            device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None, compile: bool = False,
+            threads: int | None = None) -> BenchResult:
     """Load ``model`` (a family name for random full-size weights, or a model id / student path),
-    upscale one random image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians."""
+    upscale one random image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians.
+    With ``compile`` the warm-up runs include the compilation."""
+    from .families.base import compile_denoiser
     from .pipeline import load
 
+    if threads:
+        torch.set_num_threads(threads)
     options = dict(options or {})
     start = time.perf_counter()
     if model in FAMILY_NAMES:
         upscaler = random_model(model, device=device, dtype=dtype, channels_last=channels_last)
     else:
         upscaler = load(model, device=device, dtype=dtype, channels_last=channels_last)
+    if compile:
+        compile_denoiser(upscaler.model)
     load_seconds = time.perf_counter() - start
     scale = options.get("scale") or upscaler.default_scale
     side = max(1, round(size / scale))
@@ -146,20 +156,24 @@ def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool |
     device_peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() and device.startswith("cuda") else None
     return BenchResult(model=model, size=size, dtype=dtype, channels_last=channels_last, runs=runs, load_seconds=load_seconds,
                        seconds=statistics.median(totals), stages={k: statistics.median(v) for k, v in per_stage.items()},
-                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options, placement=describe(upscaler.model.placement))
+                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options, placement=describe(upscaler.model.placement),
+                       compiled=compile, threads=torch.get_num_threads())
 
 
 def describe(placement: Any) -> str:
-    """``network/VAE dtype[, channels-last]``, e.g. ``fp32/bf16, channels-last``."""
+    """``network/VAE encoder/VAE decoder dtype[, channels-last]``, e.g. ``fp32/fp32/bf16, channels-last``."""
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return f"{names[placement.dtype]}/{names[placement.vae_dtype]}" + (", channels-last" if placement.channels_last else "")
+    dtypes = "/".join(names[d] for d in (placement.dtype, placement.vae_dtype, placement.decoder_dtype))
+    return dtypes + (", channels-last" if placement.channels_last else "")
 
 
 def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
-                 device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None) -> BenchResult:
+                 device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None, compile: bool = False,
+                 threads: int | None = None) -> BenchResult:
     """:func:`measure` in a fresh Python process (so peak RSS is this configuration's alone)."""
     spec = json.dumps({"model": model, "size": size, "dtype": dtype, "channels_last": channels_last, "runs": runs,
-                       "warmup": warmup, "device": device, "options": dict(options or {}), "save": save})
+                       "warmup": warmup, "device": device, "options": dict(options or {}), "save": save, "compile": compile,
+                       "threads": threads})
     done = subprocess.run([sys.executable, "-m", "ctsr_infer.benchmark", spec], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:

@@ -88,6 +88,16 @@ def main_callback(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise typer.BadParameter(f"--threads must be >= 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @app.command()
 def upscale(
     inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
@@ -110,6 +120,8 @@ def upscale(
     tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Overlap of --tile.")] = None,
     vae_tile: Annotated[Optional[int], typer.Option("--vae-tile", help="VAE tile in image pixels (multiple of 64; SD).")] = None,
     memory_budget: Annotated[Optional[float], typer.Option("--memory-budget", help="GB the tiler may plan for (default: half the RAM / 80% of the GPU).")] = None,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the networks (default: torch's, one per core).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (the first image pays tens of seconds; needs a C++ compiler on the CPU).")] = False,
 ) -> None:
     """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
     from .batch import BatchItem, plan_jobs, run_batch
@@ -121,7 +133,8 @@ def upscale(
     if not jobs:
         err.print("[yellow]no image files found in the inputs[/]")
         raise typer.Exit(EXIT_FAILED)
-    upscaler = load(model, base=base, device=device, dtype=dtype)
+    _set_threads(threads)
+    upscaler = load(model, base=base, device=device, dtype=dtype, compile=compile_)
     options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
     tiling_options = dict(tiling=None if tiling == "auto" else tiling, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
                           memory_budget=None if memory_budget is None else memory_budget * 1e9)
@@ -327,6 +340,8 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", help="Unmeasured runs first.")] = 1,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N.")] = "cpu",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results here.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="Also run each configuration with the network under torch.compile (warm-up >= 1 takes the compilation).")] = False,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="torch threads in each run (default: torch's).")] = None,
 ) -> None:
     """Per-stage wall time (median after warm-up) and peak memory, one fresh process per configuration.
 
@@ -341,29 +356,32 @@ def bench(
 
     if runs < 1 or warmup < 0:
         raise typer.BadParameter("--runs must be >= 1 and --warmup >= 0")
+    if threads is not None and threads < 1:
+        raise typer.BadParameter(f"--threads must be >= 1, got {threads}.")
     layouts: list[bool | None] = [False, True] if channels_last else [False]
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for side in size:
             reference = None
-            for name in dtype:
-                for layout in ([None] if name == "auto" else layouts):
-                    save = str(Path(scratch) / f"{side}-{name}-{layout}.npy")
-                    try:
-                        result = run_isolated(model, size=side, dtype=name, channels_last=layout, runs=runs, warmup=warmup, device=device, save=save)
-                    except RuntimeError as exc:
-                        err.print(f"[red]error:[/] {exc}")
-                        raise typer.Exit(EXIT_ENV) from None
-                    output = np.load(save).astype(np.float64)
-                    if reference is None:
-                        reference = output
-                    else:
-                        result.psnr_vs_fp32 = psnr(output / 255.0, reference / 255.0) if output.shape == reference.shape else None
-                    results.append(result)
-                    stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
-                    quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"
-                    out.print(f"{model} {side}px {name} ({result.placement}): {result.seconds:.2f} s "
-                              f"(load {result.load_seconds:.1f} s), peak RSS {result.peak_rss_gb:.2f} GB{quality}\n    {stages}")
+            for name, layout, compiled in [(n, lay, c) for n in dtype for lay in ([None] if n == "auto" else layouts)
+                                           for c in ([False, True] if compile_ else [False])]:
+                save = str(Path(scratch) / f"{side}-{name}-{layout}-{compiled}.npy")
+                try:
+                    result = run_isolated(model, size=side, dtype=name, channels_last=layout, runs=runs, warmup=warmup, device=device,
+                                          save=save, compile=compiled, threads=threads)
+                except RuntimeError as exc:
+                    err.print(f"[red]error:[/] {exc}")
+                    raise typer.Exit(EXIT_ENV) from None
+                output = np.load(save).astype(np.float64)
+                if reference is None:
+                    reference = output
+                else:
+                    result.psnr_vs_fp32 = psnr(output / 255.0, reference / 255.0) if output.shape == reference.shape else None
+                results.append(result)
+                stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
+                quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"
+                out.print(f"{model} {side}px {name} ({result.placement}{', compiled' if compiled else ''}): {result.seconds:.2f} s "
+                          f"(load {result.load_seconds:.1f} s), peak RSS {result.peak_rss_gb:.2f} GB{quality}\n    {stages}")
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(r) for r in results], indent=2))
         out.print(f"wrote {json_path}")

@@ -240,6 +240,7 @@ def load(
     device: str = "auto",
     dtype: str = "auto",
     channels_last: bool | None = None,
+    compile: bool = False,
 ) -> Upscaler:
     """Load a student by manifest id or student-file path.
 
@@ -251,9 +252,11 @@ def load(
         dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto``: bf16 with an fp32 VAE on CUDA; on a
             CPU with native bf16 the family's measured fast path (``device.CPU_AUTO``), else fp32.
         channels_last: run convolutions in channels-last memory format; None: as ``auto`` picks.
+        compile: ``torch.compile`` the denoising network (opt-in: the first image pays the
+            compilation, tens of seconds; needs a C++ compiler on the CPU).
     """
-    from .hub import ensure_student, resolve_base
-    from .manifest import BaseSpec, load_manifest
+    from .hub import ensure_student
+    from .manifest import load_manifest
 
     resolve(device, dtype)  # names checked before anything is downloaded
     manifest = load_manifest()
@@ -273,14 +276,26 @@ def load(
         name = spec.id
     student = load_student(student_path)
     placement = resolve(device, dtype, channels_last=channels_last, family=student.meta.family)
+    upscaler = Upscaler(_family_model(student, placement, name, base_dir), name=name)
+    if compile:
+        from .families.base import compile_denoiser
+
+        logger.info("compiling the %s of %s", compile_denoiser(upscaler.model), name)
+    return upscaler
+
+
+def _family_model(student: StudentFile, placement: Placement, name: str, base_dir: Path | None) -> Any:
+    from .hub import resolve_base
+    from .manifest import BaseSpec
+
     if student.meta.family == "lite":
         from .families.lite import LiteStudent
 
-        return Upscaler(LiteStudent(student, placement), name=name)
+        return LiteStudent(student, placement)
     if student.meta.family == "resshift-onestep":
         from .families.resshift import ResShiftModel
 
-        return Upscaler(ResShiftModel(student, placement), name=name)
+        return ResShiftModel(student, placement)
     if student.meta.family != "sd-onestep":
         raise IncompatibleWeightsError(
             f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep, resshift-onestep and lite students."
@@ -293,7 +308,7 @@ def load(
             base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)))
         else:
             raise IncompatibleWeightsError(f"`{name}` names no base model; pass `base=` a diffusers folder.")
-    return Upscaler(_build(student, base_dir, placement), name=name)
+    return _build(student, base_dir, placement)
 
 
 def _build(student: StudentFile, base_dir: Path, placement: Placement) -> Any:

@@ -60,3 +60,23 @@ def test_resshift_runs_in_bf16_within_the_accuracy_guard(tmp_path: Path) -> None
     plain = ctsr_infer.load(str(path)).upscale(image)
     fast = ctsr_infer.load(str(path), dtype="bf16", channels_last=True).upscale(image)
     assert psnr(fast.astype(np.float64), plain.astype(np.float64)) > 40  # measured 46.7 dB on the example photo
+
+
+@pytest.mark.skipif(__import__("shutil").which("g++") is None, reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_network_gives_the_same_image() -> None:
+    image = np.random.default_rng(4).random((20, 24, 3)).astype(np.float32)
+    plain = ctsr_infer.load("ctsr-lite", dtype="fp32").upscale(image, t=0.4)
+    compiled = ctsr_infer.load("ctsr-lite", dtype="fp32", compile=True)
+    assert compiled.model.net._compiled_call_impl is not None  # nn.Module.compile took effect
+    out = compiled.upscale(image, t=0.4)
+    assert np.abs(out - plain).max() < 1e-4
+
+
+def test_bench_reports_threads_and_refuses_a_bad_count(tmp_path: Path) -> None:
+    bad = CliRunner().invoke(app, ["bench", "--model", "lite", "--size", "64", "--threads", "0"])
+    assert bad.exit_code == 2 and "--threads" in bad.output
+    good = CliRunner().invoke(app, ["bench", "--model", "lite", "--size", "64", "--threads", "1", "--runs", "1", "--warmup", "0",
+                                    "--json", str(tmp_path / "b.json")])
+    assert good.exit_code == 0, good.output
+    [row] = json.loads((tmp_path / "b.json").read_text())
+    assert row["threads"] == 1 and row["compiled"] is False

@@ -96,3 +96,25 @@ def test_sd_only_options_are_refused_for_lite(tmp_path: Path) -> None:
     up = ctsr_infer.load(export_lite(LiteNet(channels=4, blocks=1), LiteConfig(photos=tmp_path, work=tmp_path)), device="cpu")
     with pytest.raises(InvalidInputError, match="knob_steps"):
         up.upscale(np.zeros((4, 4, 3), dtype=np.uint8), knob_steps=2)
+
+
+def test_untrained_tail_is_checkerboard_free() -> None:
+    """ICNR: before training, every 4x4 block of the sub-pixel detail is one value per channel."""
+    torch.manual_seed(0)
+    net = LiteNet(channels=8, blocks=1)
+    features = torch.randn(1, 8, 6, 5)
+    detail = F.pixel_shuffle(net.tail(features), 4)
+    blocks = detail.unfold(2, 4, 4).unfold(3, 4, 4)  # (1, 3, 6, 5, 4, 4)
+    assert float(detail.abs().max()) > 1e-3
+    assert float((blocks - blocks[..., :1, :1]).abs().max()) < 1e-6
+
+
+def test_high_pass_removes_flat_colour_and_keeps_fine_detail() -> None:
+    from ctsr_infer.train.lite import high_pass
+
+    flat = torch.full((1, 3, 16, 16), 0.4)
+    assert float(high_pass(flat).abs().max()) < 1e-6
+    checker = (torch.arange(16)[:, None] + torch.arange(16)[None]) % 2
+    fine = checker.float().expand(1, 3, 16, 16)
+    kept = high_pass(fine)[..., 4:-4, 4:-4].abs().mean()  # away from the reflect-padded border
+    assert 0.4 < float(kept) <= 0.5

@@ -131,3 +131,19 @@ def run_in_fp32(owner: Any, networks: Sequence[tuple[nn.Module, torch.dtype]]) -
         owner.placement = saved
         for module, dtype in networks:
             nn.Module.to(module, dtype)
+
+
+DENOISERS = ("unet", "net")
+"""Attributes that hold a family's denoising / feed-forward network."""
+
+
+def compile_denoiser(model: Any) -> str:
+    """``torch.compile`` the model's denoising network in place (``nn.Module.compile``: parameters and
+    state-dict keys unchanged); returns its attribute name. The VAEs stay eager: tiled runs swap
+    their normalisation and attention per call, which would recompile them tile after tile."""
+    for name in DENOISERS:
+        network = getattr(model, name, None)
+        if isinstance(network, nn.Module):
+            network.compile(dynamic=True)
+            return name
+    raise InvalidInputError(f"{type(model).__name__} has no network to compile.")

@@ -45,6 +45,8 @@ class LiteNet(nn.Module):
         self.tail = nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
         nn.init.zeros_(self.film[-1].weight)
         nn.init.zeros_(self.film[-1].bias)
+        icnr_(self.tail.weight, scale)
+        nn.init.zeros_(self.tail.bias)
 
     def config(self) -> dict[str, int]:
         return {"channels": self.channels, "blocks": self.blocks, "scale": self.scale, "embed": self.embed}
@@ -67,6 +69,17 @@ class LiteNet(nn.Module):
         detail = F.pixel_shuffle(self.tail(features), self.scale)
         base = F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
         return base + detail
+
+
+def icnr_(weight: torch.Tensor, scale: int) -> None:
+    """ICNR initialisation of a conv feeding ``pixel_shuffle(scale)``: the scale² sub-pixel outputs of
+    each channel start identical, so the untrained tail is a nearest-neighbour upsampler and training
+    does not start from (and tends not to keep) a checkerboard (Aitken et al., 2017)."""
+    out_channels = weight.shape[0] // (scale * scale)
+    base = torch.empty(out_channels, *weight.shape[1:])
+    nn.init.kaiming_normal_(base, a=0.1)
+    with torch.no_grad():
+        weight.copy_(base.repeat_interleave(scale * scale, dim=0) * 0.1)
 
 
 class LiteStudent:
