@@ -1,5 +1,5 @@
 """The accuracy guard of the fast paths on the full-size random-weight models: output PSNR of each
-path against fp32 on the same input, with the colour fix off (a colour fix copies the input's low
+path against fp32 on the same input (the example photo), with the colour fix off (a colour fix copies the input's low
 frequencies into both outputs and would flatter the comparison). The tiny-model guard is
 ``tests/test_speed_paths.py``.
 
@@ -12,11 +12,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
-from ctsr_infer.benchmark import run_isolated
+from ctsr_infer.benchmark import load_output, run_isolated
 from ctsr_infer.metrics import psnr
 
+PHOTO = Path(__file__).resolve().parent.parent / "examples" / "coffee_lowres.png"
 PATHS = {  # family: [(dtype, channels_last)], the first is the reference
     "lite": [("fp32", False), ("auto", None), ("bf16", True)],
     "resshift-onestep": [("fp32", False), ("auto", None)],
@@ -37,8 +37,8 @@ def main() -> None:
         for dtype, layout in paths:
             save = str(args.json.parent / f"guard-{family}-{dtype}-{layout}.npy")
             result = run_isolated(family, size=args.size, dtype=dtype, channels_last=layout, runs=1, warmup=0,
-                                  options={"color_fix": "none"}, save=save)
-            output = np.load(save).astype(np.float64) / 255.0
+                                  options={"color_fix": "none"}, save=save, image=str(PHOTO))
+            output = load_output(save)
             value = None if reference is None else psnr(output, reference)
             reference = output if reference is None else reference
             rows.append({"family": family, "dtype": dtype, "placement": result.placement, "psnr_vs_fp32": value,

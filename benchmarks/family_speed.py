@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ctsr_infer.benchmark import BenchResult, run_isolated
+from ctsr_infer.benchmark import BenchResult, load_output, run_isolated
 
 STAGES = ("preprocess", "encode", "denoise", "network", "decode", "colour fix", "image out")
 MATRIX = {  # family: (sizes, runs, warmup); every size runs each dtype
@@ -49,8 +49,6 @@ def main() -> None:
         rows = [row for path in args.render for row in json.loads(path.read_text())]
         print(table(rows))
         return
-    import numpy as np
-
     from ctsr_infer.metrics import psnr
 
     rows = []
@@ -64,7 +62,7 @@ def main() -> None:
                 save = str(scratch / f"{family}-{size}-{dtype}.npy")
                 result: BenchResult = run_isolated(family, size=size, dtype=dtype, channels_last=None if dtype == "auto" else False,
                                                    runs=runs, warmup=warmup, save=save)
-                output = np.load(save).astype(np.float64) / 255.0
+                output = load_output(save)
                 if reference is None:
                     reference = output
                 elif output.shape == reference.shape:

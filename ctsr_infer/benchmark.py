@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "FAMILY_NAMES"]
+__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "load_output", "FAMILY_NAMES"]
 
 SD21_UNET: dict[str, Any] = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -112,10 +112,12 @@ class BenchResult:
 
 def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
             device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None, compile: bool = False,
-            threads: int | None = None) -> BenchResult:
+            threads: int | None = None, image: str | None = None) -> BenchResult:
     """Load ``model`` (a family name for random full-size weights, or a model id / student path),
-    upscale one random image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians.
-    With ``compile`` the warm-up runs include the compilation."""
+    upscale one image of ``size``/scale pixels ``warmup`` + ``runs`` times, return medians. The image
+    is uniform noise, or the photo at path ``image`` resized to fit (accuracy checks need real
+    structure: a denoising network turns noise into a flat image). With ``compile`` the warm-up runs
+    include the compilation."""
     from .families.base import compile_denoiser
     from .pipeline import load
 
@@ -132,14 +134,20 @@ def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool |
     load_seconds = time.perf_counter() - start
     scale = options.get("scale") or upscaler.default_scale
     side = max(1, round(size / scale))
-    image = np.random.default_rng(0).random((side, side, 3)).astype(np.float32)
+    if image is None:
+        pixels = np.random.default_rng(0).random((side, side, 3)).astype(np.float32)
+    else:
+        from PIL import Image
+
+        with Image.open(image) as photo:
+            pixels = np.asarray(photo.convert("RGB").resize((side, side), Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
     totals: list[float] = []
     per_stage: dict[str, list[float]] = {}
     out = None
     for index in range(warmup + runs):
         stamps: list[tuple[str, float]] = []
         begin = time.perf_counter()
-        out = upscaler.upscale(image, on_progress=lambda e: stamps.append((e.stage, time.perf_counter())), **options)
+        out = upscaler.upscale(pixels, on_progress=lambda e: stamps.append((e.stage, time.perf_counter())), **options)
         end = time.perf_counter()
         if index < warmup:
             continue
@@ -167,13 +175,22 @@ def describe(placement: Any) -> str:
     return dtypes + (", channels-last" if placement.channels_last else "")
 
 
+def load_output(path: str | Path) -> np.ndarray:
+    """A saved benchmark output as float64 in [0, 1] (outputs of float inputs are floats in [0, 1]
+    already; integer outputs are scaled by their type's maximum)."""
+    array = np.load(path)
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.float64) / np.iinfo(array.dtype).max
+    return array.astype(np.float64)
+
+
 def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool | None = False, runs: int = 3, warmup: int = 1,
                  device: str = "cpu", options: Mapping[str, Any] | None = None, save: str | None = None, compile: bool = False,
-                 threads: int | None = None) -> BenchResult:
+                 threads: int | None = None, image: str | None = None) -> BenchResult:
     """:func:`measure` in a fresh Python process (so peak RSS is this configuration's alone)."""
     spec = json.dumps({"model": model, "size": size, "dtype": dtype, "channels_last": channels_last, "runs": runs,
                        "warmup": warmup, "device": device, "options": dict(options or {}), "save": save, "compile": compile,
-                       "threads": threads})
+                       "threads": threads, "image": image})
     done = subprocess.run([sys.executable, "-m", "ctsr_infer.benchmark", spec], capture_output=True, text=True,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:

@@ -349,9 +349,8 @@ def bench(
     import tempfile
     from dataclasses import asdict
 
-    import numpy as np
 
-    from .benchmark import run_isolated
+    from .benchmark import load_output, run_isolated
     from .metrics import psnr
 
     if runs < 1 or warmup < 0:
@@ -372,11 +371,11 @@ def bench(
                 except RuntimeError as exc:
                     err.print(f"[red]error:[/] {exc}")
                     raise typer.Exit(EXIT_ENV) from None
-                output = np.load(save).astype(np.float64)
+                output = load_output(save)
                 if reference is None:
                     reference = output
                 else:
-                    result.psnr_vs_fp32 = psnr(output / 255.0, reference / 255.0) if output.shape == reference.shape else None
+                    result.psnr_vs_fp32 = psnr(output, reference) if output.shape == reference.shape else None
                 results.append(result)
                 stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
                 quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"

@@ -25,7 +25,8 @@ def test_bench_cli_writes_per_stage_results(tmp_path: Path) -> None:
         assert row["size"] == 64 and row["runs"] == 1 and row["seconds"] > 0 and row["peak_rss_gb"] > 0
         assert set(row["stages"]) >= {"preprocess", "network", "image out"}
         assert sum(row["stages"].values()) == pytest.approx(row["seconds"], rel=0.05)
-    assert rows[0]["psnr_vs_fp32"] is None and rows[1]["psnr_vs_fp32"] > 40
+    # above the guard, and on the [0, 1] scale (a 0-255 mix-up once added 48 dB)
+    assert rows[0]["psnr_vs_fp32"] is None and 40 < rows[1]["psnr_vs_fp32"] < 80
 
 
 @pytest.mark.parametrize("fixture", ["upscaler", "ctsr_upscaler"])
@@ -80,3 +81,14 @@ def test_bench_reports_threads_and_refuses_a_bad_count(tmp_path: Path) -> None:
     assert good.exit_code == 0, good.output
     [row] = json.loads((tmp_path / "b.json").read_text())
     assert row["threads"] == 1 and row["compiled"] is False
+
+
+def test_saved_outputs_load_on_one_scale(tmp_path: Path) -> None:
+    from ctsr_infer.benchmark import load_output
+
+    values = np.random.default_rng(1).random((4, 5, 3))
+    np.save(tmp_path / "f.npy", values.astype(np.float32))
+    np.save(tmp_path / "u.npy", (values * 255).round().astype(np.uint8))
+    np.save(tmp_path / "w.npy", (values * 65535).round().astype(np.uint16))
+    for name, tolerance in (("f", 1e-6), ("u", 0.5 / 255 + 1e-9), ("w", 0.5 / 65535 + 1e-9)):
+        assert np.abs(load_output(tmp_path / f"{name}.npy") - values).max() <= tolerance
