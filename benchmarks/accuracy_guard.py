@@ -13,8 +13,7 @@ import json
 from pathlib import Path
 
 
-from ctsr_infer.benchmark import load_output, run_isolated
-from ctsr_infer.metrics import psnr
+from ctsr_infer.benchmark import run_compared
 
 PHOTO = Path(__file__).resolve().parent.parent / "examples" / "coffee_lowres.png"
 PATHS = {  # family: [(dtype, channels_last)], the first is the reference
@@ -33,18 +32,12 @@ def main() -> None:
     rows = []
     print(f"{'family':<18} {'path':<34} PSNR vs fp32 (colour fix off, {args.size}² output)")
     for family, paths in PATHS.items():
-        reference = None
-        for dtype, layout in paths:
-            save = str(args.json.parent / f"guard-{family}-{dtype}-{layout}.npy")
-            result = run_isolated(family, size=args.size, dtype=dtype, channels_last=layout, runs=1, warmup=0,
-                                  options={"color_fix": "none"}, save=save, image=str(PHOTO))
-            output = load_output(save)
-            value = None if reference is None else psnr(output, reference)
-            reference = output if reference is None else reference
-            rows.append({"family": family, "dtype": dtype, "placement": result.placement, "psnr_vs_fp32": value,
-                         "output_std": float(output.std())})
-            shown = "reference" if value is None else f"{value:.1f} dB"
-            print(f"{family:<18} {dtype + ': ' + result.placement:<34} {shown}  (output std {output.std():.3f})", flush=True)
+        configs = [dict(dtype=dtype, channels_last=layout) for dtype, layout in paths]
+        for result in run_compared(family, size=args.size, configs=configs, runs=1, warmup=0, options={"color_fix": "none"},
+                                   image=str(PHOTO)):
+            rows.append({"family": family, "dtype": result.dtype, "placement": result.placement, "psnr_vs_fp32": result.psnr_vs_fp32})
+            shown = "reference" if result.psnr_vs_fp32 is None else f"{result.psnr_vs_fp32:.1f} dB"
+            print(f"{family:<18} {result.dtype + ': ' + result.placement:<34} {shown}", flush=True)
     args.json.write_text(json.dumps(rows, indent=2))
 
 

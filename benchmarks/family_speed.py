@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from ctsr_infer.benchmark import BenchResult, load_output, run_isolated
+from ctsr_infer.benchmark import run_compared
 
 STAGES = ("preprocess", "encode", "denoise", "network", "decode", "colour fix", "image out")
 MATRIX = {  # family: (sizes, runs, warmup); every size runs each dtype
@@ -49,28 +49,19 @@ def main() -> None:
         rows = [row for path in args.render for row in json.loads(path.read_text())]
         print(table(rows))
         return
-    from ctsr_infer.metrics import psnr
+    rows: list[dict] = []
+    args.json.parent.mkdir(parents=True, exist_ok=True)
 
-    rows = []
-    scratch = args.json.parent / "outputs"
-    scratch.mkdir(parents=True, exist_ok=True)
+    def keep(result) -> None:  # print and save each row as it comes (a 2048² run takes 20 minutes)
+        rows.append(asdict(result))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+        args.json.write_text(json.dumps(rows, indent=2))
+
     for family in args.families:
         sizes, runs, warmup = MATRIX[family]
+        configs = [dict(dtype=dtype, channels_last=None if dtype == "auto" else False) for dtype in args.dtypes]
         for size in args.sizes or sizes:
-            reference = None
-            for dtype in args.dtypes:
-                save = str(scratch / f"{family}-{size}-{dtype}.npy")
-                result: BenchResult = run_isolated(family, size=size, dtype=dtype, channels_last=None if dtype == "auto" else False,
-                                                   runs=runs, warmup=warmup, save=save)
-                output = load_output(save)
-                if reference is None:
-                    reference = output
-                elif output.shape == reference.shape:
-                    result.psnr_vs_fp32 = psnr(output, reference)
-                rows.append(asdict(result))
-                print(table(rows[-1:]).splitlines()[-1], flush=True)
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(rows, indent=2))
+            run_compared(family, size=size, configs=configs, on_result=keep, runs=runs, warmup=warmup)
     print(table(rows))
 
 

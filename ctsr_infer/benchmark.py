@@ -16,8 +16,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "load_output", "FAMILY_NAMES"]
+__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "load_output", "run_compared",
+           "FAMILY_NAMES"]
 
 SD21_UNET: dict[str, Any] = dict(
     sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
@@ -164,15 +166,8 @@ def measure(model: str, *, size: int, dtype: str = "fp32", channels_last: bool |
     device_peak = torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() and device.startswith("cuda") else None
     return BenchResult(model=model, size=size, dtype=dtype, channels_last=channels_last, runs=runs, load_seconds=load_seconds,
                        seconds=statistics.median(totals), stages={k: statistics.median(v) for k, v in per_stage.items()},
-                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options, placement=describe(upscaler.model.placement),
+                       peak_rss_gb=peak_rss_gb(), peak_device_gb=device_peak, options=options, placement=upscaler.model.placement.describe(),
                        compiled=compile, threads=torch.get_num_threads())
-
-
-def describe(placement: Any) -> str:
-    """``network/VAE encoder/VAE decoder dtype[, channels-last]``, e.g. ``fp32/fp32/bf16, channels-last``."""
-    names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    dtypes = "/".join(names[d] for d in (placement.dtype, placement.vae_dtype, placement.decoder_dtype))
-    return dtypes + (", channels-last" if placement.channels_last else "")
 
 
 def load_output(path: str | Path) -> np.ndarray:
@@ -196,6 +191,31 @@ def run_isolated(model: str, *, size: int, dtype: str, channels_last: bool | Non
     if done.returncode != 0:
         raise RuntimeError(f"benchmark of {model} at {size} px ({dtype}) failed:\n{done.stderr[-2000:]}")
     return BenchResult(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+
+def run_compared(model: str, *, size: int, configs: Sequence[Mapping[str, Any]],
+                 on_result: Callable[[BenchResult], None] | None = None, **common: Any) -> list[BenchResult]:
+    """:func:`run_isolated` once per configuration (its keyword arguments: ``dtype``, ``channels_last``,
+    ``compile`` ...; ``common`` holds the shared ones) on the same input; every result after the
+    first gets ``psnr_vs_fp32`` against the first one's output."""
+    from .metrics import psnr
+
+    results: list[BenchResult] = []
+    reference = None
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, config in enumerate(configs):
+            save = str(Path(scratch) / f"{index}.npy")
+            result = run_isolated(model, size=size, save=save, **{**common, **config})
+            output = load_output(save)
+            if reference is None:
+                reference = output
+            elif output.shape == reference.shape:
+                result.psnr_vs_fp32 = psnr(output, reference)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+    return results
 
 
 if __name__ == "__main__":

@@ -346,41 +346,32 @@ def bench(
     """Per-stage wall time (median after warm-up) and peak memory, one fresh process per configuration.
 
     With several dtypes / layouts the outputs are compared with the first configuration (PSNR)."""
-    import tempfile
     from dataclasses import asdict
 
-
-    from .benchmark import load_output, run_isolated
-    from .metrics import psnr
+    from .benchmark import BenchResult, run_compared
 
     if runs < 1 or warmup < 0:
         raise typer.BadParameter("--runs must be >= 1 and --warmup >= 0")
     if threads is not None and threads < 1:
         raise typer.BadParameter(f"--threads must be >= 1, got {threads}.")
     layouts: list[bool | None] = [False, True] if channels_last else [False]
+    configs = [dict(dtype=name, channels_last=layout, compile=compiled) for name in dtype
+               for layout in ([None] if name == "auto" else layouts) for compiled in ([False, True] if compile_ else [False])]
+
+    def show(result: BenchResult) -> None:
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
+        quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"
+        out.print(f"{model} {result.size}px {result.dtype} ({result.placement}{', compiled' if result.compiled else ''}): "
+                  f"{result.seconds:.2f} s (load {result.load_seconds:.1f} s), peak RSS {result.peak_rss_gb:.2f} GB{quality}\n    {stages}")
+
     results = []
-    with tempfile.TemporaryDirectory() as scratch:
-        for side in size:
-            reference = None
-            for name, layout, compiled in [(n, lay, c) for n in dtype for lay in ([None] if n == "auto" else layouts)
-                                           for c in ([False, True] if compile_ else [False])]:
-                save = str(Path(scratch) / f"{side}-{name}-{layout}-{compiled}.npy")
-                try:
-                    result = run_isolated(model, size=side, dtype=name, channels_last=layout, runs=runs, warmup=warmup, device=device,
-                                          save=save, compile=compiled, threads=threads)
-                except RuntimeError as exc:
-                    err.print(f"[red]error:[/] {exc}")
-                    raise typer.Exit(EXIT_ENV) from None
-                output = load_output(save)
-                if reference is None:
-                    reference = output
-                else:
-                    result.psnr_vs_fp32 = psnr(output, reference) if output.shape == reference.shape else None
-                results.append(result)
-                stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())
-                quality = "" if result.psnr_vs_fp32 is None else f"  PSNR vs first {result.psnr_vs_fp32:.1f} dB"
-                out.print(f"{model} {side}px {name} ({result.placement}{', compiled' if compiled else ''}): {result.seconds:.2f} s "
-                          f"(load {result.load_seconds:.1f} s), peak RSS {result.peak_rss_gb:.2f} GB{quality}\n    {stages}")
+    for side in size:
+        try:
+            results += run_compared(model, size=side, configs=configs, on_result=show, runs=runs, warmup=warmup, device=device,
+                                    threads=threads)
+        except RuntimeError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(EXIT_ENV) from None
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(r) for r in results], indent=2))
         out.print(f"wrote {json_path}")
@@ -480,7 +471,7 @@ def _run_recipe(name: str, trainer: Any, make_batches: Callable[[int], Any], che
         trainer.load_checkpoint(checkpoint)
         if engine.is_main:
             err.print(f"resumed from {checkpoint} at step {trainer.step}")
-    batches = make_batches(trainer.config.seed + trainer.step + 1_000_003 * engine.process_index)
+    batches = make_batches(engine.process_seed(trainer.config.seed + trainer.step))
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err,
                    disable=not (err.is_terminal and engine.is_main))
 

@@ -63,6 +63,12 @@ class Placement:
     def decoder_dtype(self) -> torch.dtype:
         return self.decoder or self.vae_dtype
 
+    def describe(self) -> str:
+        """``network/VAE encoder/VAE decoder dtype[, channels-last]``, e.g. ``fp32/fp32/bf16, channels-last``."""
+        names = {dtype: name for name, dtype in _DTYPES.items()}
+        dtypes = "/".join(names[d] for d in (self.dtype, self.vae_dtype, self.decoder_dtype))
+        return dtypes + (", channels-last" if self.channels_last else "")
+
     def prepare(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Move a 4-D activation to the device, in ``dtype`` (default: the network's) and layout."""
         x = x.to(self.device, dtype or self.dtype)
@@ -128,8 +134,7 @@ def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool | 
         placement = Placement(torch_device, chosen, chosen)
     if channels_last:
         placement = replace(placement, channels_last=True)
-    logger.info("device %s, network dtype %s, VAE dtype %s (decoder %s), channels-last %s", placement.device, placement.dtype,
-                placement.vae_dtype, placement.decoder_dtype, placement.channels_last)
+    logger.info("device %s, network/VAE encoder/VAE decoder %s", placement.device, placement.describe())
     return placement
 
 

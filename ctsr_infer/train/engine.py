@@ -106,6 +106,10 @@ class Engine:
     def is_main(self) -> bool:
         return self.state.is_main_process
 
+    def process_seed(self, seed: int) -> int:
+        """``seed`` for process 0, a seed of its own for every other process."""
+        return seed + 1_000_003 * self.process_index
+
     @property
     def sync(self) -> bool:
         """True on the last micro-batch of a step: the optimisers step after it."""

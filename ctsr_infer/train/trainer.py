@@ -79,10 +79,10 @@ class Recipe:
         """After the networks are built from the shared seed: process 0 keeps drawing from the
         config's seed, every other process from its own, and all start from process 0's weights."""
         self.engine.broadcast([*self.full_modules().values(), *self.trainable_modules().values()])
-        rank = self.engine.process_index
-        self.rng = random.Random(self.config.seed + rank * 1_000_003)
-        if rank:
-            torch.manual_seed(self.config.seed + rank * 1_000_003)
+        seed = self.engine.process_seed(self.config.seed)
+        self.rng = random.Random(seed)
+        if self.engine.process_index:
+            torch.manual_seed(seed)
 
     def save_checkpoint(self, path: Path) -> Path:
         path = Path(path)
