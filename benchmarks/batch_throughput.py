@@ -1,11 +1,15 @@
-"""Images per minute of the batch runner on a folder of 32 mixed photos with the embedded default
-model, plain loop against pipelined I/O (decode/encode on a worker thread). Prints a table, writes JSON.
+"""Images per minute of the batch runner with the embedded default model (its default path:
+``dtype=auto``): plain loop, pipelined I/O (decode/encode on a worker thread), and pipelined with
+equal-size batching (``batch_size``), on two folders of 32 images made from the photos:
+
+* ``mixed``: crops of mixed sizes (short side 96 to 384 px), so nothing shares a network call;
+* ``equal``: crops of one size (``--equal-size``, default 128 px), the case batching is for.
+
+Half the files are PNG, half JPEG, so decoding, upscaling x4 and encoding all count. Prints a
+table, writes JSON.
 
     bash scripts/fetch_photos.sh data/photos
     python benchmarks/batch_throughput.py --photos data/photos/raw [--count 32] [--out benchmarks/results/batch_throughput.json]
-
-The folder is made from the photos: crops of mixed sizes (short side 96 to 384 px) saved as PNG and
-JPEG, so decoding, upscaling x4 and encoding all count.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import ctsr_infer
 from ctsr_infer.batch import plan_jobs, run_batch
 
 
-def make_folder(photos: Path, target: Path, count: int, seed: int = 0) -> list[tuple[int, int]]:
+def make_folder(photos: Path, target: Path, count: int, seed: int = 0, equal: int | None = None) -> list[tuple[int, int]]:
     files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not files:
         raise SystemExit(f"no photos in {photos}; run scripts/fetch_photos.sh first")
@@ -32,8 +36,8 @@ def make_folder(photos: Path, target: Path, count: int, seed: int = 0) -> list[t
     for index in range(count):
         with Image.open(files[index % len(files)]) as image:
             image = image.convert("RGB")
-            short = int(rng.integers(96, 385))
-            aspect = float(rng.uniform(0.75, 1.5))
+            short = equal or int(rng.integers(96, 385))
+            aspect = 1.0 if equal else float(rng.uniform(0.75, 1.5))
             w, h = int(short * aspect), short
             scale = max(w / image.width, h / image.height) * float(rng.uniform(1.0, 3.0))
             small = image.resize((max(w, round(image.width * scale)), max(h, round(image.height * scale))), Image.Resampling.LANCZOS)
@@ -47,32 +51,38 @@ def make_folder(photos: Path, target: Path, count: int, seed: int = 0) -> list[t
     return sizes
 
 
+RUNS = (("plain loop", False, 1), ("pipelined", True, 1), ("pipelined, batch 8", True, 8))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True)
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--equal-size", type=int, default=128, help="side of the images of the `equal` folder")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_throughput.json"))
     args = parser.parse_args()
     up = ctsr_infer.load("ctsr-lite")
+    print(f"ctsr-lite on {up.placement.describe()}")
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch) / "in"
-        folder.mkdir()
-        sizes = make_folder(args.photos, folder, args.count)
-        megapixels = sum(16 * w * h for w, h in sizes) / 1e6
-        run_batch(up, plan_jobs([folder], Path(scratch) / "warm")[:2])  # warm-up
-        for pipelined in (False, True):
-            out = Path(scratch) / f"out-{pipelined}"
-            start = time.perf_counter()
-            report = run_batch(up, plan_jobs([folder], out), pipelined=pipelined)
-            seconds = time.perf_counter() - start
-            ok = report.count("ok")
-            rows.append({"pipelined": pipelined, "images": ok, "seconds": seconds, "images_per_minute": 60 * ok / seconds,
-                         "output_megapixels": megapixels})
-            print(f"{'pipelined' if pipelined else 'plain loop':>10}: {ok} images, {megapixels:.0f} output MP in {seconds:.1f} s "
-                  f"= {60 * ok / seconds:.1f} images/min", flush=True)
+        for kind, equal in (("mixed", None), ("equal", args.equal_size)):
+            folder = Path(scratch) / kind
+            folder.mkdir()
+            sizes = make_folder(args.photos, folder, args.count, equal=equal)
+            megapixels = sum(16 * w * h for w, h in sizes) / 1e6
+            run_batch(up, plan_jobs([folder], Path(scratch) / "warm")[:2], overwrite=True)  # warm-up
+            for label, pipelined, batch_size in RUNS:
+                out = Path(scratch) / f"out-{kind}-{pipelined}-{batch_size}"
+                start = time.perf_counter()
+                report = run_batch(up, plan_jobs([folder], out), pipelined=pipelined, batch_size=batch_size)
+                seconds = time.perf_counter() - start
+                ok = report.count("ok")
+                rows.append({"folder": kind, "run": label, "pipelined": pipelined, "batch_size": batch_size, "images": ok,
+                             "seconds": seconds, "images_per_minute": 60 * ok / seconds, "output_megapixels": megapixels})
+                print(f"{kind:>5} {label:>18}: {ok} images, {megapixels:.0f} output MP in {seconds:.1f} s "
+                      f"= {60 * ok / seconds:.1f} images/min", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": "ctsr-lite", "runs": rows}, indent=2))
+    args.out.write_text(json.dumps({"model": "ctsr-lite", "placement": up.placement.describe(), "runs": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

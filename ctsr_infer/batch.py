@@ -52,6 +52,10 @@ class BatchReport:
         return [item for item in self.items if item.status == "failed"]
 
 
+_Entry = BatchItem | tuple[Job, float, Future]
+"""A file of a chunk: its final BatchItem, or its write in flight (job, start time, future)."""
+
+
 def t_suffix(t: float) -> str:
     return f"_t{t:.2f}"
 
@@ -125,18 +129,27 @@ def run_batch(
     on_progress: ProgressCallback | None = None,
     on_item: Callable[[BatchItem], None] | None = None,
     pipelined: bool = True,
+    batch_size: int = 1,
     **options: Any,
 ) -> BatchReport:
     """Run ``upscaler.process`` over ``jobs``. A failing file is recorded and the rest go on.
 
     Existing outputs are skipped unless ``overwrite``; outputs are written atomically.
     ``options`` go to ``Upscaler.process`` (scale, color_fix, knob_steps, seed, encode).
-    ``pipelined``: the next file is decoded and the previous one encoded and written on a worker
-    thread while the current one is computed (image codecs release the GIL); items are still
-    reported in order, each once its outputs are on disk.
+    ``pipelined``: the next files are decoded and the previous ones encoded and written on a worker
+    thread while the current ones are computed (image codecs release the GIL).
+    ``batch_size``: up to this many consecutive files are read together, and those of equal size
+    and bit depth go through the network in one call (``Upscaler.process_batch``; small images of
+    a family that supports it, see ``Upscaler.batchable``). If such a group fails, its files are
+    retried one by one, so only the bad file is reported failed. The files written are the same
+    for every ``batch_size`` and ``pipelined``; items are reported in job order, each once its
+    outputs are on disk.
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     report = BatchReport()
     t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
+    chunks = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
 
     def skipped(job: Job) -> bool:
         return not overwrite and all(p.exists() for p in job.outputs)
@@ -146,77 +159,111 @@ def run_batch(
             if overwrite or not path.exists():
                 write_image(result, path, overwrite=overwrite)
 
-    def finish(item: BatchItem) -> None:
-        report.items.append(item)
-        if on_item is not None:
-            on_item(item)
-
     def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
         logger.debug("failed on %s", job.source, exc_info=exc)
         return BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctsr-io") as io:
-        def read(index: int) -> Future[Any] | None:
-            if index >= len(jobs) or skipped(jobs[index]):
-                return None
-            if pipelined:
-                return io.submit(read_image, jobs[index].source)
-            done: Future[Any] = Future()
+    def compute(group: list[Any]) -> list[list[Any] | BaseException]:
+        """One network call for the group when it can share one; one call per file otherwise or on failure."""
+        if len(group) > 1:
             try:
-                done.set_result(read_image(jobs[index].source))
-            except Exception as exc:  # noqa: BLE001 - reported with the file
-                done.set_exception(exc)
-            return done
-
-        pending: tuple[Job, float, Future[None]] | None = None  # the previous file's write
-
-        def settle() -> None:
-            nonlocal pending
-            if pending is None:
-                return
-            job, start, future = pending
-            pending = None
-            try:
-                future.result()
-                finish(BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start))
+                return list(upscaler.process_batch(group, t=t_arg, on_progress=on_progress, **options))
             except (KeyboardInterrupt, MemoryError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                finish(failed(job, exc, start))
-
-        upcoming = read(0)
-        for index, job in enumerate(jobs):
-            emit(on_progress, "file", index, len(jobs))
-            start = time.perf_counter()
-            current, upcoming = upcoming, None
-            if current is None:
-                upcoming = read(index + 1)
-                settle()
-                finish(BatchItem(job.source, job.outputs, "skipped", "output exists (use --overwrite)"))
-                continue
+            except Exception:  # noqa: BLE001 - find the bad file by running them one by one
+                logger.debug("a batch of %d failed; running its files one by one", len(group), exc_info=True)
+        results: list[list[Any] | BaseException] = []
+        for data in group:
             try:
-                data = current.result()
-                upcoming = read(index + 1)
-                results = upscaler.process(data, t=t_arg, on_progress=on_progress, **options)
+                results.append(upscaler.process(data, t=t_arg, on_progress=on_progress, **options))
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch; it is reported
-                if upcoming is None:
-                    upcoming = read(index + 1)
-                settle()
-                finish(failed(job, exc, start))
-                continue
-            settle()
-            if pipelined:
-                pending = (job, start, io.submit(write, results, job))
+                results.append(exc)
+        return results
+
+    pending: list[_Entry] = []
+
+    def settle() -> None:
+        """Report the previous chunk's files in order, waiting for their writes."""
+        for entry in pending:
+            if isinstance(entry, BatchItem):
+                item = entry
             else:
+                job, start, future = entry
                 try:
-                    write(results, job)
-                    finish(BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start))
+                    future.result()
+                    item = BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
                 except (KeyboardInterrupt, MemoryError):
                     raise
-                except Exception as exc:  # noqa: BLE001
-                    finish(failed(job, exc, start))
+                except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                    item = failed(job, exc, start)
+            report.items.append(item)
+            if on_item is not None:
+                on_item(item)
+        pending.clear()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctsr-io") as io:
+        def read(chunk_index: int) -> list[Future[Any] | None]:
+            if chunk_index >= len(chunks):
+                return []
+            futures: list[Future[Any] | None] = []
+            for job in chunks[chunk_index]:
+                if skipped(job):
+                    futures.append(None)
+                elif pipelined:
+                    futures.append(io.submit(read_image, job.source))
+                else:
+                    done: Future[Any] = Future()
+                    try:
+                        done.set_result(read_image(job.source))
+                    except Exception as exc:  # noqa: BLE001 - reported with the file
+                        done.set_exception(exc)
+                    futures.append(done)
+            return futures
+
+        upcoming = read(0)
+        position = 0
+        for chunk_index, chunk in enumerate(chunks):
+            emit(on_progress, "file", position, len(jobs))
+            position += len(chunk)
+            start = time.perf_counter()
+            current, upcoming = upcoming, []
+            entries: list[_Entry | None] = [None] * len(chunk)
+            loaded: dict[int, Any] = {}
+            for index, (job, future) in enumerate(zip(chunk, current, strict=True)):
+                if future is None:
+                    entries[index] = BatchItem(job.source, job.outputs, "skipped", "output exists (use --overwrite)")
+                    continue
+                try:
+                    loaded[index] = future.result()
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, the rest go on
+                    entries[index] = failed(job, exc, start)
+            upcoming = read(chunk_index + 1)
+            groups: dict[Any, list[int]] = {}
+            for index, data in loaded.items():
+                groups.setdefault((data.size, data.bit_depth), []).append(index)
+            outputs: dict[int, list[Any] | BaseException] = {}
+            for members in groups.values():
+                outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))
+            settle()
+            for index, result in sorted(outputs.items()):
+                job = chunk[index]
+                if isinstance(result, BaseException):
+                    entries[index] = failed(job, result, start)
+                elif pipelined:
+                    entries[index] = (job, start, io.submit(write, result, job))
+                else:
+                    try:
+                        write(result, job)
+                        entries[index] = BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        entries[index] = failed(job, exc, start)
+            pending.extend(entry for entry in entries if entry is not None)
         settle()
     emit(on_progress, "file", len(jobs), len(jobs))
     return report

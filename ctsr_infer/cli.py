@@ -122,6 +122,7 @@ def upscale(
     memory_budget: Annotated[Optional[float], typer.Option("--memory-budget", help="GB the tiler may plan for (default: half the RAM / 80% of the GPU).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the networks (default: torch's, one per core).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (the first image pays tens of seconds; needs a C++ compiler on the CPU).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Files read together; small ones of equal size share one network call (lite).")] = 1,
 ) -> None:
     """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
     from .batch import BatchItem, plan_jobs, run_batch
@@ -129,6 +130,8 @@ def upscale(
     from .progress import ProgressEvent
 
     ts = _parse_t(t)
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
     jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt)
     if not jobs:
         err.print("[yellow]no image files found in the inputs[/]")
@@ -159,7 +162,8 @@ def upscale(
             progress.console.print(f"[red]failed[/] {item.source}: {item.error}", highlight=False)
 
     with progress:
-        report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item, **options)
+        report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item,
+                           batch_size=batch_size, **options)
 
     table = Table(title=f"ctsr upscale — {upscaler.name}", show_lines=False)
     for column in ("status", "input", "output", "seconds"):

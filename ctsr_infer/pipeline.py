@@ -40,6 +40,10 @@ logger = logging.getLogger(__name__)
 EncodeMode = Literal["mean", "sample"]
 
 
+BATCH_MAX_PIXELS = 512 * 512
+"""Largest input (pixels) that :meth:`Upscaler.process_batch` stacks with others into one network call."""
+
+
 def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Output size for a scale: round(H * s) x round(W * s), halves rounded up, at least 1."""
     return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
@@ -145,29 +149,40 @@ class Upscaler:
         ts, run = self.check_options(t, **options)
         size = target_size(x.shape[-2], x.shape[-1], run.scale)
         progress = options.get("on_progress")
-        frames = [self._forward_with_retry(frame[None].detach().float().cpu(), size, ts, run, progress) for frame in x]
-        return [torch.cat(per_t) for per_t in zip(*frames)]
+        frames = x.detach().float().cpu()
+        if self.batchable(frames.shape[-2], frames.shape[-1]):
+            return self._forward_with_retry(frames, size, ts, run, progress)
+        outputs = [self._forward_with_retry(frame[None], size, ts, run, progress) for frame in frames]
+        return [torch.cat(per_t) for per_t in zip(*outputs)]
+
+    def batchable(self, height: int, width: int) -> bool:
+        """Whether several (height, width) images go through the network in one call: the family
+        supports it (``lite``) and the input is at most :data:`BATCH_MAX_PIXELS` (larger images are
+        tiled, and the tiles already fill the device)."""
+        return bool(getattr(self.model, "batchable", False)) and height * width <= BATCH_MAX_PIXELS
 
     def process(self, data: ImageData, *, t: float | Sequence[float] | None = None,
                 **options: Unpack[UpscaleOptions]) -> list[ImageData]:
         """Low-level: an :class:`ImageData` in, one :class:`ImageData` per t out (bit depth kept)."""
-        # 1. check inputs
         ts, run = self.check_options(t, **options)
-        run = replace(run, bit_depth=data.bit_depth)
+        return self._run_group([data], ts, run, options.get("on_progress"))[0]
+
+    def process_batch(self, items: Sequence[ImageData], *, t: float | Sequence[float] | None = None,
+                      **options: Unpack[UpscaleOptions]) -> list[list[ImageData]]:
+        """Low-level: several images of one size, one list of outputs per image (as :meth:`process`
+        gives for each). Where the family supports it (:meth:`batchable`) the images share one network
+        call, with the same result as one call each; otherwise they run one by one."""
+        sizes = sorted({(data.size, data.bit_depth) for data in items})
+        if len(sizes) > 1:
+            raise InvalidInputError(
+                f"`items` of `process_batch` must share one size and bit depth, got {sizes}; "
+                "group them by size first (the batch runner does)."
+            )
+        ts, run = self.check_options(t, **options)
         progress = options.get("on_progress")
-        # 2. image in: transparent colour filled, alpha upscaled on its own
-        emit(progress, "preprocess", 0, 1)
-        size = target_size(*data.size, run.scale)
-        pixels = data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha)
-        alpha = None if data.alpha is None else resize_lanczos(data.alpha, size)
-        emit(progress, "preprocess", 1, 1)
-        # 3.-7. the family's network path (pre-upsample, encode, UNet, knob, decode, colour fix)
-        lr = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
-        outputs = self._forward_with_retry(lr, size, ts, run, progress)
-        return [
-            replace(data, pixels=out[0].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha)
-            for out in outputs
-        ]
+        if items and self.batchable(*items[0].size):
+            return self._run_group(list(items), ts, run, progress)
+        return [self._run_group([data], ts, run, progress)[0] for data in items]
 
     def check_options(self, t: Any = None, **options: Unpack[UpscaleOptions]) -> tuple[list[float] | None, RunOptions]:
         """Validate t and options without running anything; returns the t list and resolved options."""
@@ -213,6 +228,24 @@ class Upscaler:
                               vae_tile=options.get("vae_tile"), memory_budget=budget)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _run_group(self, items: list[ImageData], ts: list[float] | None, run: RunOptions,
+                   progress: ProgressCallback | None) -> list[list[ImageData]]:
+        """Images of one size and bit depth through one network call (N = len(items))."""
+        run = replace(run, bit_depth=items[0].bit_depth)
+        # 1. image in: transparent colour filled, alpha upscaled on its own
+        emit(progress, "preprocess", 0, 1)
+        size = target_size(*items[0].size, run.scale)
+        pixels = [data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha) for data in items]
+        alphas = [None if data.alpha is None else resize_lanczos(data.alpha, size) for data in items]
+        lr = torch.from_numpy(np.ascontiguousarray(np.stack(pixels))).permute(0, 3, 1, 2)
+        emit(progress, "preprocess", 1, 1)
+        # 2.-6. the family's network path (pre-upsample, encode, UNet, knob, decode, colour fix)
+        outputs = self._forward_with_retry(lr, size, ts, run, progress)
+        return [
+            [replace(data, pixels=out[index].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha) for out in outputs]
+            for index, (data, alpha) in enumerate(zip(items, alphas, strict=True))
+        ]
 
     def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         try:

@@ -86,6 +86,8 @@ class LiteStudent:
     """A loaded lite student."""
 
     family = "lite"
+    batchable = True
+    """``forward`` takes N > 1 images of one size (the batch runner stacks small equal-size images)."""
     options: tuple[str, ...] = ("tile", "tile_overlap")
     """The family-specific options this family reads (input tile and its overlap, in input pixels)."""
     tile = 256
@@ -133,23 +135,29 @@ class LiteStudent:
     @torch.inference_mode()
     def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
-        """(1, 3, h, w) in [0, 1] -> one (1, 3, *size) float32 tensor in [0, 1] per t."""
+        """(N, 3, h, w) in [0, 1] -> one (N, 3, *size) float32 tensor in [0, 1] per t. The N images go
+        through the network together; resizing and colour fix are per image, so each result equals
+        its own N = 1 call."""
         outputs: list[torch.Tensor] = []
         values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
-        reference = None
+        references: list[torch.Tensor | None] = [None] * lr.shape[0]
         for t in values:
             emit(on_progress, "network", 0, 1)
             out = self._run(lr, t, on_progress, options.tile, options.tile_overlap)
             check_finite(out, "the network output")
-            out = out.clamp(0.0, 1.0)
-            if tuple(out.shape[-2:]) != size:
-                resized = resize_bicubic(out[0].permute(1, 2, 0).numpy(), size, bit_depth=32)
-                out = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
-            if options.color_fix != "none":
-                if reference is None:
-                    reference = torch.from_numpy(resize_bicubic(lr[0].permute(1, 2, 0).numpy(), size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
-                out = color_fix(out, reference, options.color_fix)
-            outputs.append(out)
+            frames = []
+            for index, frame in enumerate(out.clamp(0.0, 1.0)):
+                frame = frame[None]
+                if tuple(frame.shape[-2:]) != size:
+                    resized = resize_bicubic(frame[0].permute(1, 2, 0).numpy(), size, bit_depth=32)
+                    frame = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+                if options.color_fix != "none":
+                    if references[index] is None:
+                        low = lr[index].permute(1, 2, 0).numpy()
+                        references[index] = torch.from_numpy(resize_bicubic(low, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
+                    frame = color_fix(frame, references[index], options.color_fix)
+                frames.append(frame)
+            outputs.append(torch.cat(frames))
         return outputs
 
     @contextmanager
