@@ -5,8 +5,8 @@ equal-size batching (``batch_size``), on two folders of 32 images made from the 
 * ``mixed``: crops of mixed sizes (short side 96 to 384 px), so nothing shares a network call;
 * ``equal``: crops of one size (``--equal-size``, default 128 px), the case batching is for.
 
-Half the files are PNG, half JPEG, so decoding, upscaling x4 and encoding all count. Prints a
-table, writes JSON.
+Half the files are PNG, half JPEG, so decoding, upscaling x4 and encoding all count. Median of
+``--repeat`` runs per configuration after a warm-up. Prints a table, writes JSON.
 
     bash scripts/fetch_photos.sh data/photos
     python benchmarks/batch_throughput.py --photos data/photos/raw [--count 32] [--out benchmarks/results/batch_throughput.json]
@@ -59,6 +59,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, required=True)
     parser.add_argument("--count", type=int, default=32)
     parser.add_argument("--equal-size", type=int, default=128, help="side of the images of the `equal` folder")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each configuration (the median is reported)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/batch_throughput.json"))
     args = parser.parse_args()
     up = ctsr_infer.load("ctsr-lite")
@@ -72,13 +73,16 @@ def main() -> None:
             megapixels = sum(16 * w * h for w, h in sizes) / 1e6
             run_batch(up, plan_jobs([folder], Path(scratch) / "warm")[:2], overwrite=True)  # warm-up
             for label, pipelined, batch_size in RUNS:
-                out = Path(scratch) / f"out-{kind}-{pipelined}-{batch_size}"
-                start = time.perf_counter()
-                report = run_batch(up, plan_jobs([folder], out), pipelined=pipelined, batch_size=batch_size)
-                seconds = time.perf_counter() - start
+                times = []
+                for repeat in range(args.repeat):
+                    out = Path(scratch) / f"out-{kind}-{pipelined}-{batch_size}-{repeat}"
+                    start = time.perf_counter()
+                    report = run_batch(up, plan_jobs([folder], out), pipelined=pipelined, batch_size=batch_size)
+                    times.append(time.perf_counter() - start)
+                seconds = float(np.median(times))
                 ok = report.count("ok")
                 rows.append({"folder": kind, "run": label, "pipelined": pipelined, "batch_size": batch_size, "images": ok,
-                             "seconds": seconds, "images_per_minute": 60 * ok / seconds, "output_megapixels": megapixels})
+                             "seconds": seconds, "runs": times, "images_per_minute": 60 * ok / seconds, "output_megapixels": megapixels})
                 print(f"{kind:>5} {label:>18}: {ok} images, {megapixels:.0f} output MP in {seconds:.1f} s "
                       f"= {60 * ok / seconds:.1f} images/min", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -377,6 +377,12 @@ def output_format(path: Path) -> str:
     return fmt
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of 8-bit PNG outputs: 1 (OpenCV's default, so Real-ESRGAN's) encodes a 1.3 MP photo in
+0.10 s instead of Pillow's level 6 in 0.34 s, for files about 10% larger; on a CPU the encode was a
+third of a ctsr-lite folder run."""
+
+
 def _encode_png16(array: np.ndarray, icc: bytes | None) -> bytes:
     import png  # pypng
 
@@ -418,7 +424,9 @@ def encode_image(data: ImageData, fmt: str) -> bytes:
     options: dict[str, Any] = {}
     if data.icc_profile:
         options["icc_profile"] = data.icc_profile
-    if fmt == "JPEG":
+    if fmt == "PNG":
+        options.update(compress_level=PNG_COMPRESS_LEVEL)
+    elif fmt == "JPEG":
         options.update(quality=95, subsampling=0)
     elif fmt == "WEBP":
         options.update(quality=95)
