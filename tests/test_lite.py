@@ -118,3 +118,35 @@ def test_high_pass_removes_flat_colour_and_keeps_fine_detail() -> None:
     fine = checker.float().expand(1, 3, 16, 16)
     kept = high_pass(fine)[..., 4:-4, 4:-4].abs().mean()  # away from the reflect-padded border
     assert 0.4 < float(kept) <= 0.5
+
+
+def test_online_pairs_are_aligned_8bit_and_seeded(tmp_path: Path) -> None:
+    from ctsr_infer.train.degradations import bicubic_degrade
+    from ctsr_infer.train.lite import OnlinePairs
+
+    photos = _photos(tmp_path / "photos")
+    files = sorted(photos.iterdir())
+    sampler = OnlinePairs(LiteConfig(photos=photos, work=tmp_path, patch=32, bicubic_fraction=1.0), files)
+    low, high = sampler(6, np.random.default_rng(0))
+    assert low.shape == (6, 3, 8, 8) and high.shape == (6, 3, 32, 32) and low.dtype == torch.float32
+    assert torch.equal((low * 255).round() / 255, low)  # 8-bit, as a user's file would be
+    for lr, hr in zip(low, high):  # bicubic_fraction = 1: each LR is the x4 reduction of its own HR crop
+        assert (lr[None] - bicubic_degrade(hr[None])).abs().max() <= 1.5 / 255
+    again, _ = sampler(6, np.random.default_rng(0))
+    other, _ = sampler(6, np.random.default_rng(1))
+    assert torch.equal(again, low) and not torch.equal(other, low)
+    real = OnlinePairs(LiteConfig(photos=photos, work=tmp_path, patch=64, bicubic_fraction=0.0), files)
+    degraded, hr = real(4, np.random.default_rng(0))
+    assert degraded.shape == (4, 3, 16, 16) and hr.shape == (4, 3, 64, 64)
+    assert (degraded - bicubic_degrade(hr[:1])).abs().mean() > 0.01  # blur, noise, JPEG: not the plain reduction
+
+
+def test_a_second_run_reuses_the_caches_and_gives_the_same_student(tiny_lite) -> None:
+    path, cfg = tiny_lite
+    first = load_student(path).tensors
+    cached = {name: (cfg.work / f"{name}.safetensors").stat().st_mtime_ns for name in ("pairs", "teacher_realness", "teacher_fidelity")}
+    again = load_student(train_lite(cfg, teacher=lambda x: pytest.fail("the realness teacher must come from the cache"))).tensors
+    assert again.keys() == first.keys()
+    for key in first:
+        assert torch.equal(again[key], first[key]), key
+    assert {name: (cfg.work / f"{name}.safetensors").stat().st_mtime_ns for name in cached} == cached
