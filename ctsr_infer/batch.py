@@ -143,7 +143,7 @@ def run_batch(
     a family that supports it, see ``Upscaler.batchable``). If such a group fails, its files are
     retried one by one, so only the bad file is reported failed. The files written are the same
     for every ``batch_size`` and ``pipelined``; items are reported in job order, each once its
-    outputs are on disk.
+    outputs are on disk. Memory: up to ``batch_size`` decoded inputs and their outputs at once.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")

@@ -170,3 +170,16 @@ def test_tiling_flags_reach_the_pipeline(tmp_path: Path, student_path: Path) -> 
     assert result.exit_code == 2 and "multiple of 64" in result.output
     result = _run("upscale", str(source), "-o", str(tmp_path / "q.png"), "--model", str(student_path), "--tiling", "sideways")
     assert result.exit_code == 2 and "`tiling`" in result.output
+
+
+def test_batch_size_flag(tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for index in range(3):
+        _photo(folder / f"p{index}.png", (12, 10))
+    result = _run("upscale", str(folder), "-o", str(tmp_path / "out"), "--batch-size", "3")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0.png", "p1.png", "p2.png"]
+    assert all(Image.open(p).size == (48, 40) for p in (tmp_path / "out").iterdir())
+    result = _run("upscale", str(folder), "-o", str(tmp_path / "out2"), "--batch-size", "0")
+    assert result.exit_code == 2 and "--batch-size" in result.output
