@@ -446,7 +446,7 @@ def train_lite_command(
     patches_per_image: Annotated[Optional[int], typer.Option(help="HR patches cut from each training photo.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of data, degradations and initialisation.")] = None,
 ) -> None:
-    """Distil Real-ESRGAN x4plus (realness) and an L1 network (fidelity) into ctsr-lite.
+    """Distil Real-ESRGAN x4plus (realness) and an MSE-trained network (fidelity) into ctsr-lite.
 
     The defaults are the recipe of the shipped model (see the README's model card)."""
     try:
