@@ -142,7 +142,8 @@ def run_batch(
     and bit depth go through the network in one call (``Upscaler.process_batch``; small images of
     a family that supports it, see ``Upscaler.batchable``). If such a group fails, its files are
     retried one by one, so only the bad file is reported failed. The files written are the same
-    for every ``batch_size`` and ``pipelined``; items are reported in job order, each once its
+    for every ``batch_size`` and ``pipelined`` up to float rounding (conv kernels may sum in another
+    order for a batch: at most one 8-bit level); items are reported in job order, each once its
     outputs are on disk. Memory: up to ``batch_size`` decoded inputs and their outputs at once.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

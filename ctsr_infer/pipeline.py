@@ -171,7 +171,7 @@ class Upscaler:
                       **options: Unpack[UpscaleOptions]) -> list[list[ImageData]]:
         """Low-level: several images of one size, one list of outputs per image (as :meth:`process`
         gives for each). Where the family supports it (:meth:`batchable`) the images share one network
-        call, with the same result as one call each; otherwise they run one by one."""
+        call, with the result of one call each up to float rounding; otherwise they run one by one."""
         sizes = sorted({(data.size, data.bit_depth) for data in items})
         if len(sizes) > 1:
             raise InvalidInputError(

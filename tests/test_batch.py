@@ -92,8 +92,10 @@ def test_batching_equal_sizes_writes_the_same_files(equal_sizes: Path, tmp_path:
     assert len(reference) == 7 and reference["c.png"].shape == (64, 80, 4) and reference["e.png"].dtype == np.uint16
     for key, files in outputs.items():
         assert files.keys() == reference.keys(), key
-        for name in files:
-            assert np.array_equal(files[name], reference[name]), (key, name)
+        for name in files:  # equal up to float rounding: the conv kernels may sum in another order for N > 1
+            difference = np.abs(files[name].astype(np.int64) - reference[name].astype(np.int64))
+            one_level = 257 if reference[name].dtype == np.uint16 else 1
+            assert difference.max() <= one_level and (difference > 0).mean() < 0.01, (key, name, difference.max())
 
 
 class _FailsOnBright:

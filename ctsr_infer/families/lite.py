@@ -137,7 +137,7 @@ class LiteStudent:
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(N, 3, h, w) in [0, 1] -> one (N, 3, *size) float32 tensor in [0, 1] per t. The N images go
         through the network together; resizing and colour fix are per image, so each result equals
-        its own N = 1 call."""
+        its own N = 1 call up to float rounding."""
         outputs: list[torch.Tensor] = []
         values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
         references: list[torch.Tensor | None] = [None] * lr.shape[0]
