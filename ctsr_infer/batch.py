@@ -205,23 +205,21 @@ def run_batch(
         pending.clear()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctsr-io") as io:
+        def io_call(fn: Callable[..., Any], *args: Any) -> Future[Any]:
+            """On the I/O thread when pipelined; else now, its result or error held the same way."""
+            if pipelined:
+                return io.submit(fn, *args)
+            done: Future[Any] = Future()
+            try:
+                done.set_result(fn(*args))
+            except Exception as exc:  # noqa: BLE001 - reported with the file
+                done.set_exception(exc)
+            return done
+
         def read(chunk_index: int) -> list[Future[Any] | None]:
             if chunk_index >= len(chunks):
                 return []
-            futures: list[Future[Any] | None] = []
-            for job in chunks[chunk_index]:
-                if skipped(job):
-                    futures.append(None)
-                elif pipelined:
-                    futures.append(io.submit(read_image, job.source))
-                else:
-                    done: Future[Any] = Future()
-                    try:
-                        done.set_result(read_image(job.source))
-                    except Exception as exc:  # noqa: BLE001 - reported with the file
-                        done.set_exception(exc)
-                    futures.append(done)
-            return futures
+            return [None if skipped(job) else io_call(read_image, job.source) for job in chunks[chunk_index]]
 
         upcoming = read(0)
         position = 0
@@ -254,17 +252,11 @@ def run_batch(
                 job = chunk[index]
                 if isinstance(result, BaseException):
                     entries[index] = failed(job, result, start)
-                elif pipelined:
-                    entries[index] = (job, start, io.submit(write, result, job))
                 else:
-                    try:
-                        write(result, job)
-                        entries[index] = BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
-                    except (KeyboardInterrupt, MemoryError):
-                        raise
-                    except Exception as exc:  # noqa: BLE001
-                        entries[index] = failed(job, exc, start)
+                    entries[index] = (job, start, io_call(write, result, job))
             pending.extend(entry for entry in entries if entry is not None)
+            if not pipelined:  # written already: report now
+                settle()
         settle()
     emit(on_progress, "file", len(jobs), len(jobs))
     return report
