@@ -142,3 +142,18 @@ def test_write_is_atomic_and_never_clobbers(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
     with pytest.raises(InvalidInputError, match="extension"):
         write_image(data, tmp_path / "out.xyz")
+
+
+def test_sweep_zoom_goes_where_the_ends_differ() -> None:
+    from ctsr_infer.sheet import busiest_window, contact_sheet
+
+    base = np.full((120, 200, 3), 128, dtype=np.uint8)
+    changed = base.copy()
+    changed[70:100, 150:185] = 200  # the knob changed only this patch
+    first, last = Image.fromarray(base), Image.fromarray(changed)
+    left, top = busiest_window(first, last, 40)
+    assert left <= 150 and left + 40 >= 185 and top <= 70 and top + 40 >= 100
+    assert busiest_window(first, first, 40) == (80, 40)  # nothing differs: the centre
+    sheet = np.asarray(contact_sheet([first, last], ["a", "b"], column=200, crop=40, zoom=2))
+    zoom_row = sheet[28 + 120 + 8 : 28 + 120 + 8 + 80]
+    assert (zoom_row[:, 208 + 8 : 208 + 8 + 80] == 200).mean() > 0.5  # the second column's zoom shows the patch

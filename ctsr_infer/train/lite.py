@@ -48,14 +48,14 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import StudentFile, StudentMeta, save_student
+from ..checkpoints import StudentFile, StudentMeta, load_student, save_student
 from ..device import native_bf16_cpu
 from ..families.lite import LiteNet
 from ..knob import Knob
 from .degradations import DegradationConfig, bicubic_degrade, degrade
 from .teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
-__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "load_hr", "prepare_pairs", "train_lite", "high_pass"]
+__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "load_hr", "prepare_pairs", "train_lite", "high_pass", "path_end"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ class LiteConfig:
     fidelity_steps: int = 4000
     stage1_steps: int = 4000
     stage2_steps: int = 2000
+    calibrate_path: bool = False
+    """Stage 2's faithful end is the point of the line from S1(x, 0) to S1(x, 1) nearest the ground truth
+    on fresh training pairs (see :func:`path_end`) instead of S1(x, 1) itself."""
+    lambda_path_rec: float = 0.0
+    """Weight of MSE(S(x, 1), y) on fresh pairs during stage 2 (keeps training the faithful end on ground truth)."""
     lambda_rec: float = 1.0
     lambda_fl: float = 1.0
     lambda_rn: float = 1.0
@@ -240,6 +245,40 @@ def high_pass(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     return x - blurred
 
 
+STAGE2_FIELDS = frozenset({"stage2_steps", "calibrate_path", "lambda_path_rec", "default_t", "threads", "work"})
+"""LiteConfig fields stage 1 does not depend on: a stage-1 checkpoint written under other values is reused."""
+
+
+def _stage1_key(cfg: LiteConfig) -> dict[str, object]:
+    config = json.loads(json.dumps(asdict(cfg), default=str))
+    return {k: v for k, v in config.items() if k not in STAGE2_FIELDS}
+
+
+def _load_stage1(path: Path, cfg: LiteConfig) -> dict[str, torch.Tensor] | None:
+    """The weights of ``stage1.safetensors`` when it was trained under this config (stage-2 fields aside)."""
+    if not path.is_file():
+        return None
+    student = load_student(path)
+    written = {k: v for k, v in student.meta.provenance.get("config", {}).items() if k not in STAGE2_FIELDS}
+    if written != _stage1_key(cfg):
+        changed = sorted(k for k in written.keys() | _stage1_key(cfg).keys() if written.get(k) != _stage1_key(cfg).get(k))
+        logger.info("%s was trained under other settings (%s); training stage 1 again", path, ", ".join(changed))
+        return None
+    return {k[len("net.") :]: v.float() for k, v in student.tensors.items() if k.startswith("net.")}
+
+
+def path_end(real_end: torch.Tensor, faithful_end: torch.Tensor, target: torch.Tensor) -> float:
+    """s in [0, 1] minimising |R + s (F - R) - y|² summed over a batch: the point of the straight
+    realness->fidelity line nearest the ground truth. Below 1 when blending in some of the realistic
+    end lowers the error (the two ends' errors are partly independent), so that stage 2's t = 1 is the
+    most faithful point of the path and PSNR rises with t up to it."""
+    step = (faithful_end - real_end).double()
+    denominator = float((step * step).sum())
+    if denominator == 0.0:
+        return 1.0
+    return min(1.0, max(0.0, float(((target - real_end).double() * step).sum()) / denominator))
+
+
 def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if path.is_file():
         return load_file(str(path))
@@ -319,20 +358,41 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
         return (cfg.lambda_rec * distance(faithful, y) + cfg.lambda_fl * distance(faithful, t_fid)
                 + cfg.lambda_rn * F.l1_loss(realistic, t_real) + cfg.lambda_hf * F.l1_loss(high_pass(realistic), high_pass(t_real)))
 
-    _train(student, cfg.stage1_steps, cfg, stage1, "stage 1")
-    export_lite(student, cfg, name="stage1")
+    stage1_path = cfg.work / "stage1.safetensors"
+    weights = _load_stage1(stage1_path, cfg)
+    if weights is None:
+        _train(student, cfg.stage1_steps, cfg, stage1, "stage 1")
+        export_lite(student, cfg, name="stage1")
+        weights = _load_stage1(stage1_path, cfg)
+    # stage 2 always starts from the fp16 weights just written, so a run resumed here gives the same student
+    student.load_state_dict(weights)
     # 4. stage 2: the path between the two ends, from a frozen copy of the stage-1 student
     frozen = copy.deepcopy(student).requires_grad_(False)
+    reach = 1.0
+    if cfg.calibrate_path:
+        rng = np.random.default_rng(cfg.seed + zlib.crc32(b"path end") % 1000)
+        sums = []
+        with torch.no_grad():
+            for _ in range(16):
+                x, y = pairs_for(rng)
+                ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
+                sums.append((ends[: len(x)], ends[len(x) :], y))
+        reach = path_end(torch.cat([r for r, _, _ in sums]), torch.cat([f for _, f, _ in sums]), torch.cat([y for _, _, y in sums]))
+        logger.info("stage 2: the faithful end is %.3f of the way from S1(x, 0) to S1(x, 1)", reach)
 
     def stage2(step: int, rng: np.random.Generator) -> torch.Tensor:
-        x, _ = pairs_for(rng)
+        x, y = pairs_for(rng)
         t = torch.from_numpy(rng.uniform(0, 1, len(x))).float()
         t[: max(1, len(x) // 4)] = torch.from_numpy(rng.integers(0, 2, max(1, len(x) // 4))).float()
         with torch.no_grad():
             ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
             real_end, faithful_end = ends[: len(x)], ends[len(x) :]
-            target = (1 - t)[:, None, None, None] * real_end + t[:, None, None, None] * faithful_end
-        return F.l1_loss(student(x, t).float(), target)
+            weight = (t * reach)[:, None, None, None]
+            target = real_end + weight * (faithful_end - real_end)
+        loss = F.l1_loss(student(x, t).float(), target)
+        if cfg.lambda_path_rec:
+            loss = loss + cfg.lambda_path_rec * distance(student(x, torch.ones(len(x))).float(), y)
+        return loss
 
     _train(student, cfg.stage2_steps, cfg, stage2, "stage 2")
     return export_lite(student, cfg)
