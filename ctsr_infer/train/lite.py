@@ -15,11 +15,16 @@ diffusion model that runs fast on a CPU:
   H = x - blur(x): with L1 alone a small student regresses Real-ESRGAN's texture to its
   conditional median (a blur); the high-pass term weights the detail band it must keep, standing in
   for CTSR's LPIPS, whose VGG weights this recipe cannot assume;
-* stage 2: a frozen copy S1 of the stage-1 student gives the two ends; the student learns the path
-  S(x,t) ~ (1-t) * S1(x,0) + t * S1(x,1) for t ~ U(0,1) (endpoints included), i.e. one forward pass
-  gives any point of the trade-off instead of two passes and a blend, and t moves the output
-  monotonically from detail to fidelity. CTSR's flow-matching loss (Eq. 8) needs a latent space and
-  a velocity-predicting UNet; the straight path is its analogue for a pixel-space network.
+* stage 2: a frozen copy S1 of the stage-1 student gives the realistic end; the faithful end is the
+  student's own S(x,1), which keeps learning from the ground truth (lambda_path_rec * d(S(x,1), y)).
+  The student learns the path S(x,t) ~ (1-t) * S1(x,0) + t * sg[S(x,1)] for t ~ U(0,1) (endpoints
+  included; sg: no gradient through the target), i.e. one forward pass gives any point of the
+  trade-off instead of two passes and a blend, and t moves the output from detail to fidelity.
+  CTSR's flow-matching loss (Eq. 8) needs a latent space and a velocity-predicting UNet; the straight
+  path is its analogue for a pixel-space network. With the faithful end frozen at S1(x,1) instead
+  (lambda_path_rec = 0), clean-input PSNR at t = 1 was 0.33 dB lower on the held-out photos.
+  Stage 1 is written to ``stage1.safetensors`` and reused by a later run whose stage-1 settings are
+  the same, so stage-2 settings can be tried without training stage 1 again.
 
 Data: photographs (``scripts/fetch_photos.sh``), a fixed held-out split by file, HR patches from
 images shrunk so the long side is ``hr_long_side`` (removes JPEG artefacts), LR by Real-ESRGAN's
@@ -55,7 +60,7 @@ from ..knob import Knob
 from .degradations import DegradationConfig, bicubic_degrade, degrade
 from .teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
-__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "load_hr", "prepare_pairs", "train_lite", "high_pass", "path_end"]
+__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "load_hr", "prepare_pairs", "train_lite", "high_pass"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,13 +96,11 @@ class LiteConfig:
     batch: int = 12
     lr: float = 2e-3
     fidelity_steps: int = 4000
-    stage1_steps: int = 4000
+    stage1_steps: int = 8000
     stage2_steps: int = 2000
-    calibrate_path: bool = False
-    """Stage 2's faithful end is the point of the line from S1(x, 0) to S1(x, 1) nearest the ground truth
-    on fresh training pairs (see :func:`path_end`) instead of S1(x, 1) itself."""
-    lambda_path_rec: float = 0.0
-    """Weight of MSE(S(x, 1), y) on fresh pairs during stage 2 (keeps training the faithful end on ground truth)."""
+    lambda_path_rec: float = 10.0
+    """Weight of d(S(x, 1), y) on fresh pairs during stage 2: the faithful end keeps learning from the
+    ground truth and the path follows it (0: the path ends at the frozen stage-1 S1(x, 1))."""
     lambda_rec: float = 1.0
     lambda_fl: float = 1.0
     lambda_rn: float = 1.0
@@ -245,7 +248,7 @@ def high_pass(x: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     return x - blurred
 
 
-STAGE2_FIELDS = frozenset({"stage2_steps", "calibrate_path", "lambda_path_rec", "default_t", "threads", "work"})
+STAGE2_FIELDS = frozenset({"stage2_steps", "lambda_path_rec", "default_t", "threads", "work"})
 """LiteConfig fields stage 1 does not depend on: a stage-1 checkpoint written under other values is reused."""
 
 
@@ -265,18 +268,6 @@ def _load_stage1(path: Path, cfg: LiteConfig) -> dict[str, torch.Tensor] | None:
         logger.info("%s was trained under other settings (%s); training stage 1 again", path, ", ".join(changed))
         return None
     return {k[len("net.") :]: v.float() for k, v in student.tensors.items() if k.startswith("net.")}
-
-
-def path_end(real_end: torch.Tensor, faithful_end: torch.Tensor, target: torch.Tensor) -> float:
-    """s in [0, 1] minimising |R + s (F - R) - y|² summed over a batch: the point of the straight
-    realness->fidelity line nearest the ground truth. Below 1 when blending in some of the realistic
-    end lowers the error (the two ends' errors are partly independent), so that stage 2's t = 1 is the
-    most faithful point of the path and PSNR rises with t up to it."""
-    step = (faithful_end - real_end).double()
-    denominator = float((step * step).sum())
-    if denominator == 0.0:
-        return 1.0
-    return min(1.0, max(0.0, float(((target - real_end).double() * step).sum()) / denominator))
 
 
 def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -368,31 +359,23 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
     student.load_state_dict(weights)
     # 4. stage 2: the path between the two ends, from a frozen copy of the stage-1 student
     frozen = copy.deepcopy(student).requires_grad_(False)
-    reach = 1.0
-    if cfg.calibrate_path:
-        rng = np.random.default_rng(cfg.seed + zlib.crc32(b"path end") % 1000)
-        sums = []
-        with torch.no_grad():
-            for _ in range(16):
-                x, y = pairs_for(rng)
-                ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
-                sums.append((ends[: len(x)], ends[len(x) :], y))
-        reach = path_end(torch.cat([r for r, _, _ in sums]), torch.cat([f for _, f, _ in sums]), torch.cat([y for _, _, y in sums]))
-        logger.info("stage 2: the faithful end is %.3f of the way from S1(x, 0) to S1(x, 1)", reach)
 
     def stage2(step: int, rng: np.random.Generator) -> torch.Tensor:
         x, y = pairs_for(rng)
         t = torch.from_numpy(rng.uniform(0, 1, len(x))).float()
         t[: max(1, len(x) // 4)] = torch.from_numpy(rng.integers(0, 2, max(1, len(x) // 4))).float()
-        with torch.no_grad():
-            ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
-            real_end, faithful_end = ends[: len(x)], ends[len(x) :]
-            weight = (t * reach)[:, None, None, None]
-            target = real_end + weight * (faithful_end - real_end)
-        loss = F.l1_loss(student(x, t).float(), target)
-        if cfg.lambda_path_rec:
-            loss = loss + cfg.lambda_path_rec * distance(student(x, torch.ones(len(x))).float(), y)
-        return loss
+        loss = torch.zeros(())
+        if cfg.lambda_path_rec:  # the faithful end keeps learning from ground truth; the path follows it
+            faithful = student(x, torch.ones(len(x))).float()
+            loss = cfg.lambda_path_rec * distance(faithful, y)
+            with torch.no_grad():
+                real_end, faithful_end = frozen(x, torch.zeros(len(x))).float(), faithful.detach()
+        else:
+            with torch.no_grad():
+                ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
+                real_end, faithful_end = ends[: len(x)], ends[len(x) :]
+        target = real_end + t[:, None, None, None] * (faithful_end - real_end)
+        return loss + F.l1_loss(student(x, t).float(), target)
 
     _train(student, cfg.stage2_steps, cfg, stage2, "stage 2")
     return export_lite(student, cfg)
