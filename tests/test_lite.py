@@ -165,4 +165,3 @@ def test_stage1_is_reused_only_under_the_same_stage1_settings(tiny_lite) -> None
     assert retrained.meta.provenance["config"]["lambda_hf"] == cfg.lambda_hf + 1.0
     assert any(not torch.equal(retrained.tensors[k], weights[k]) for k in weights)
     train_lite(cfg, teacher=_bicubic_teacher)  # leave the fixture's work folder as it was
-
