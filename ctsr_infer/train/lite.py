@@ -257,17 +257,23 @@ def _stage1_key(cfg: LiteConfig) -> dict[str, object]:
     return {k: v for k, v in config.items() if k not in STAGE2_FIELDS}
 
 
+def _net_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LiteNet state dict (float32) from a student file's ``net.*`` tensors."""
+    return {k[len("net.") :]: v.float() for k, v in tensors.items() if k.startswith("net.")}
+
+
 def _load_stage1(path: Path, cfg: LiteConfig) -> dict[str, torch.Tensor] | None:
     """The weights of ``stage1.safetensors`` when it was trained under this config (stage-2 fields aside)."""
     if not path.is_file():
         return None
     student = load_student(path)
     written = {k: v for k, v in student.meta.provenance.get("config", {}).items() if k not in STAGE2_FIELDS}
-    if written != _stage1_key(cfg):
-        changed = sorted(k for k in written.keys() | _stage1_key(cfg).keys() if written.get(k) != _stage1_key(cfg).get(k))
+    wanted = _stage1_key(cfg)
+    if written != wanted:
+        changed = sorted(k for k in written.keys() | wanted.keys() if written.get(k) != wanted.get(k))
         logger.info("%s was trained under other settings (%s); training stage 1 again", path, ", ".join(changed))
         return None
-    return {k[len("net.") :]: v.float() for k, v in student.tensors.items() if k.startswith("net.")}
+    return _net_weights(student.tensors)
 
 
 def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -326,7 +332,7 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
     cached_teacher = _cached(cfg.work / "teacher_fidelity.safetensors", fidelity_teacher)
     fidelity = cached_teacher["sr"]
     if cfg.online:  # the teacher runs on every fresh batch, so it has to be loaded back when cached
-        weights = {k[len("net.") :]: v.float() for k, v in cached_teacher.items() if k.startswith("net.")}
+        weights = _net_weights(cached_teacher)
         if not weights:
             raise FileNotFoundError(f"{cfg.work / 'teacher_fidelity.safetensors'} holds no teacher weights (written by an "
                                     "older recipe); delete it to train the fidelity teacher again.")
@@ -364,18 +370,17 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
         x, y = pairs_for(rng)
         t = torch.from_numpy(rng.uniform(0, 1, len(x))).float()
         t[: max(1, len(x) // 4)] = torch.from_numpy(rng.integers(0, 2, max(1, len(x) // 4))).float()
-        loss = torch.zeros(())
+        with torch.no_grad():
+            real_end = frozen(x, torch.zeros(len(x))).float()
         if cfg.lambda_path_rec:  # the faithful end keeps learning from ground truth; the path follows it
             faithful = student(x, torch.ones(len(x))).float()
-            loss = cfg.lambda_path_rec * distance(faithful, y)
-            with torch.no_grad():
-                real_end, faithful_end = frozen(x, torch.zeros(len(x))).float(), faithful.detach()
+            rec, faithful_end = cfg.lambda_path_rec * distance(faithful, y), faithful.detach()
         else:
             with torch.no_grad():
-                ends = frozen(torch.cat([x, x]), torch.cat([torch.zeros(len(x)), torch.ones(len(x))])).float()
-                real_end, faithful_end = ends[: len(x)], ends[len(x) :]
+                faithful_end = frozen(x, torch.ones(len(x))).float()
+            rec = 0.0
         target = real_end + t[:, None, None, None] * (faithful_end - real_end)
-        return loss + F.l1_loss(student(x, t).float(), target)
+        return rec + F.l1_loss(student(x, t).float(), target)
 
     _train(student, cfg.stage2_steps, cfg, stage2, "stage 2")
     return export_lite(student, cfg)
