@@ -5,6 +5,7 @@ No global state and no UI: a worker of a distributed engine can call :func:`run_
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,14 +15,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
-from .image import IMAGE_EXTENSIONS, read_image, write_image
+from .image import IMAGE_EXTENSIONS, read_comment, read_image, write_image
 from .progress import ProgressCallback, emit
 
-__all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "run_batch", "t_suffix"]
+__all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "check_plan", "run_batch", "t_suffix"]
 
 logger = logging.getLogger(__name__)
 Status = Literal["ok", "skipped", "failed"]
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff")
+_FORMAT_OF = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,52 @@ _Entry = BatchItem | tuple[Job, float, Future]
 """A file of a chunk: its final BatchItem, or its write in flight (job, start time, future)."""
 
 
+def _settings_differ(path: Path, stamp: dict[str, Any] | None) -> str:
+    """'' when ``path`` records the settings ``stamp``; else what differs, for the message."""
+    comment = read_comment(path)
+    try:
+        found = json.loads(comment) if comment else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        return "made without a record of its settings" if stamp is not None else ""
+    if stamp is None or found == stamp:
+        return ""
+    keys = sorted(k for k in found.keys() | stamp.keys() if found.get(k) != stamp.get(k))
+    return ", ".join(f"{k} {found.get(k)!r} there, {stamp.get(k)!r} now" for k in keys)
+
+
 def t_suffix(t: float) -> str:
     return f"_t{t:.2f}"
 
 
+def _roots(inputs: Sequence[Path]) -> dict[int, Path]:
+    """With several inputs, the sub-folder of the output each input folder mirrors into: its own name,
+    with ``-2``, ``-3``... for repeated names (``in1/a`` and ``in2/a`` -> ``a`` and ``a-2``)."""
+    if len(inputs) < 2:
+        return {}
+    roots: dict[int, Path] = {}
+    taken: set[str] = set()
+    for index, entry in enumerate(inputs):
+        if not entry.is_dir():
+            continue
+        name = entry.resolve().name or "root"
+        candidate, n = name, 1
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = f"{name}-{n}"
+        taken.add(candidate.casefold())
+        roots[index] = Path(candidate)
+    return roots
+
+
 def _discover(inputs: Sequence[Path], *, recursive: bool) -> list[tuple[Path, Path]]:
-    """(source, path relative to the output root) for every input; folders give image files only."""
+    """(source, path relative to the output root) for every input; folders give image files only.
+    One folder mirrors into the output itself; several inputs mirror each folder into a sub-folder of
+    its name (see :func:`_roots`), so files of two folders never share an output name."""
     found: list[tuple[Path, Path]] = []
-    for entry in inputs:
+    roots = _roots(inputs)
+    for index, entry in enumerate(inputs):
         if entry.is_dir():
             pattern = entry.rglob("*") if recursive else entry.glob("*")
             files = sorted(
@@ -71,10 +111,69 @@ def _discover(inputs: Sequence[Path], *, recursive: bool) -> list[tuple[Path, Pa
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(entry).parts)
             )
-            found.extend((p, p.relative_to(entry)) for p in files)
+            prefix = roots.get(index, Path())
+            found.extend((p, prefix / p.relative_to(entry)) for p in files)
         else:
             found.append((entry, Path(entry.name)))  # a missing or bad file fails on its own later
     return found
+
+
+def _unique_stems(discovered: list[tuple[Path, Path]]) -> list[Path]:
+    """One output stem (relative path without extension) per input, unique ignoring case: inputs that
+    would share one keep their source extension (``a_jpg``, ``a_png``); any clash left after that
+    gets ``-2``, ``-3``... in input order. Deterministic: the same inputs give the same names."""
+    stems = [rel.with_suffix("") for _, rel in discovered]
+
+    def key(stem: Path) -> str:
+        return stem.as_posix().casefold()
+
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[key(stem)] = counts.get(key(stem), 0) + 1
+    stems = [
+        stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower() or 'noext'}") if counts[key(stem)] > 1 else stem
+        for stem, (_, rel) in zip(stems, discovered, strict=True)
+    ]
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for stem in stems:
+        candidate, n = stem, 1
+        while key(candidate) in seen:
+            n += 1
+            candidate = stem.with_name(f"{stem.name}-{n}")
+        seen.add(key(candidate))
+        unique.append(candidate)
+    return unique
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_plan(jobs: Sequence[Job]) -> None:
+    """Refuse a plan in which two outputs share a path (ignoring case) or an output is an input."""
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        for path in job.outputs:
+            key = str(path.resolve()).casefold()
+            if key in seen:
+                raise InvalidInputError(f"outputs of `{seen[key]}` and `{job.source}` would both be written to `{path}`; "
+                                        "rename one input or run them separately.")
+            seen[key] = job.source
+    sources = {str(job.source.resolve()).casefold(): job.source for job in jobs}
+    for job in jobs:
+        for path in job.outputs:
+            source = sources.get(str(path.resolve()).casefold())
+            if source is not None and _same_file(source, path):
+                raise InvalidInputError(
+                    f"`output` would replace the input `{source}` (an input is never overwritten, not even with "
+                    "--overwrite); choose another output file or folder, or another --format or --suffix."
+                )
 
 
 def plan_jobs(
@@ -83,40 +182,58 @@ def plan_jobs(
     *,
     ts: Sequence[float] | None = None,
     recursive: bool = False,
-    fmt: str = "png",
+    fmt: str | None = None,
+    suffix: str = "",
 ) -> list[Job]:
-    """Map inputs to output paths.
+    """Map inputs to output paths, each output unique and never an input (checked before any work).
 
     A single input file with ``output`` ending in an image extension writes exactly there; otherwise
-    ``output`` is a folder, mirroring the input tree when ``recursive``. Several t values add a
-    ``_t0.50`` suffix. Two inputs that would share an output name (``a.jpg``, ``a.png``) keep their
-    source extension in the name (``a_jpg.png``) instead of overwriting each other.
+    ``output`` is a folder. One input folder mirrors into it (its tree when ``recursive``); with
+    several inputs each folder mirrors into a sub-folder of its own name. ``suffix`` is added to every
+    output name (Real-ESRGAN's ``--suffix``); several t values add ``_t0.50``. Inputs that would share
+    an output name keep their source extension in it (``a_jpg.png``), then get ``-2``...
+    ``fmt`` is the folder outputs' format (default png); with one output file it must match that
+    file's extension (or be None).
     """
-    if fmt not in OUTPUT_FORMATS:
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
         raise InvalidInputError(f"`format` must be one of {list(OUTPUT_FORMATS)}, got {fmt!r}.")
+    if any(sep in suffix for sep in ("/", "\\")) or suffix in (".", ".."):
+        raise InvalidInputError(f"`suffix` must not contain a path separator, got {suffix!r}.")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InvalidInputError("no input given: name image files or folders.")
     output = Path(output)
     suffixes = [t_suffix(t) for t in ts] if ts and len(ts) > 1 else [""]
     single_file = len(paths) == 1 and not paths[0].is_dir() and output.suffix.lower() in IMAGE_EXTENSIONS
+    if output.suffix and output.suffix.lower() not in IMAGE_EXTENSIONS and not output.is_dir():
+        raise InvalidInputError(
+            f"`output` {str(output)!r} ends in {output.suffix!r}, which is not an image format ({', '.join(OUTPUT_FORMATS)}); "
+            "give a file name with one of those extensions, or an existing folder."
+        )
     if single_file:
-        return [Job(paths[0], tuple(output.with_name(f"{output.stem}{s}{output.suffix}") for s in suffixes))]
+        wanted = _FORMAT_OF.get(output.suffix.lower())
+        if fmt is not None and fmt != wanted:
+            raise InvalidInputError(
+                f"`format` {fmt!r} does not match the output file {str(output)!r}; drop --format or name the file *.{fmt}."
+            )
+        if output.is_dir():
+            raise InvalidInputError(f"`output` {str(output)!r} is a folder; name a file or drop the extension.")
+        jobs = [Job(paths[0], tuple(output.with_name(f"{output.stem}{suffix}{s}{output.suffix}") for s in suffixes))]
+        check_plan(jobs)
+        return jobs
     if output.suffix.lower() in IMAGE_EXTENSIONS:
         raise InvalidInputError(
             f"`output` {str(output)!r} looks like a file, but there are several inputs or a folder; give a folder."
         )
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"`output` {str(output)!r} is an existing file, but a folder is needed here; give a folder.")
+    fmt = fmt or "png"
     discovered = _discover(paths, recursive=recursive)
-    stems: dict[Path, int] = {}
-    for _, rel in discovered:
-        key = rel.with_suffix("")
-        stems[key] = stems.get(key, 0) + 1
-    jobs: list[Job] = []
-    for source, rel in discovered:
-        stem = rel.with_suffix("")
-        if stems[stem] > 1:
-            stem = stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower() or 'noext'}")
-        jobs.append(Job(source, tuple(output / stem.parent / f"{stem.name}{s}.{fmt}" for s in suffixes)))
+    jobs = [
+        Job(source, tuple(output / stem.parent / f"{stem.name}{suffix}{s}.{fmt}" for s in suffixes))
+        for (source, _), stem in zip(discovered, _unique_stems(discovered), strict=True)
+    ]
+    check_plan(jobs)
     return jobs
 
 
@@ -152,13 +269,36 @@ def run_batch(
     t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
     chunks = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
 
-    def skipped(job: Job) -> bool:
-        return not overwrite and all(p.exists() for p in job.outputs)
+    t_values: list[float | None] = list(ts) if ts and len(ts) > 1 else [ts[0] if ts else None]
+    settings = getattr(upscaler, "settings", None)
+    stamps: list[dict[str, Any] | None] = [settings(t, **options) if settings else None for t in t_values]
+    comments = [None if stamp is None else json.dumps(stamp, sort_keys=True) for stamp in stamps]
+    todo: dict[Job, list[bool]] = {}
+    """Per job, which of its outputs to write (the others exist, made with the same settings)."""
+
+    def triage(job: Job) -> BatchItem | None:
+        """A final item for a job that does not run (all outputs there with these settings, or one
+        there with other settings); None when it runs."""
+        needed: list[bool] = []
+        for path, stamp in zip(job.outputs, stamps, strict=True):
+            if overwrite or not path.exists():
+                needed.append(True)
+                continue
+            differs = _settings_differ(path, stamp)
+            if differs:
+                return BatchItem(job.source, job.outputs, "failed",
+                                 f"`{path}` exists with other settings ({differs}); pass --overwrite to replace it, "
+                                 "or choose another output folder or --suffix")
+            needed.append(False)
+        if not any(needed):
+            return BatchItem(job.source, job.outputs, "skipped", "output exists with the same settings (use --overwrite to redo)")
+        todo[job] = needed
+        return None
 
     def write(results: list[Any], job: Job) -> None:
-        for result, path in zip(results, job.outputs, strict=True):
-            if overwrite or not path.exists():
-                write_image(result, path, overwrite=overwrite)
+        for result, path, comment, needed in zip(results, job.outputs, comments, todo[job], strict=True):
+            if needed:  # overwrite=False: an output that appeared meanwhile is an error, never silently kept
+                write_image(result, path, overwrite=overwrite, comment=comment)
 
     def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
         logger.debug("failed on %s", job.source, exc_info=exc)
@@ -216,10 +356,10 @@ def run_batch(
                 done.set_exception(exc)
             return done
 
-        def read(chunk_index: int) -> list[Future[Any] | None]:
+        def read(chunk_index: int) -> list[Future[Any] | BatchItem]:
             if chunk_index >= len(chunks):
                 return []
-            return [None if skipped(job) else io_call(read_image, job.source) for job in chunks[chunk_index]]
+            return [triage(job) or io_call(read_image, job.source) for job in chunks[chunk_index]]
 
         upcoming = read(0)
         position = 0
@@ -231,8 +371,8 @@ def run_batch(
             entries: list[_Entry | None] = [None] * len(chunk)
             loaded: dict[int, Any] = {}
             for index, (job, future) in enumerate(zip(chunk, current, strict=True)):
-                if future is None:
-                    entries[index] = BatchItem(job.source, job.outputs, "skipped", "output exists (use --overwrite)")
+                if isinstance(future, BatchItem):
+                    entries[index] = future
                     continue
                 try:
                     loaded[index] = future.result()

@@ -32,8 +32,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_write
 from .errors import IncompatibleWeightsError, UnsafeCheckpointError, WeightsNotFoundError
 from .knob import Knob
+
+META_KEY = "ctsr.meta"
+"""The safetensors header key holding a student file's metadata."""
 
 __all__ = [
     "FORMAT_VERSION",
@@ -227,16 +231,9 @@ class StudentFile:
 def save_student(student: StudentFile, path: str | os.PathLike[str]) -> Path:
     """Write a student file atomically (temporary file, then rename)."""
     student.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().contiguous().cpu() for k, v in student.tensors.items()}
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "ctsr.meta": student.meta.to_json()})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    metadata = {"format": "pt", META_KEY: student.meta.to_json()}
+    return atomic_write(path, writer=lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def load_student(path: str | os.PathLike[str]) -> StudentFile:

@@ -23,6 +23,7 @@ from .errors import (
     IncompatibleWeightsError,
     InvalidInputError,
     KnobError,
+    MissingDependencyError,
     UnknownModelError,
     UnsafeCheckpointError,
     WeightsNotFoundError,
@@ -52,7 +53,7 @@ logger = logging.getLogger("ctsr_infer.cli")
 def _exit_code(exc: BaseException) -> int:
     if isinstance(exc, (InvalidInputError, KnobError, UnknownModelError)):
         return EXIT_USAGE
-    if isinstance(exc, (WeightsNotFoundError, DeviceError, IncompatibleWeightsError, UnsafeCheckpointError)):
+    if isinstance(exc, (WeightsNotFoundError, DeviceError, IncompatibleWeightsError, UnsafeCheckpointError, MissingDependencyError)):
         return EXIT_ENV
     return EXIT_FAILED
 
@@ -114,12 +115,14 @@ def upscale(
     knob_steps: Annotated[Optional[int], typer.Option("--knob-steps", help="Euler steps of the ctsr-flow knob.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirroring the tree.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them).")] = False,
-    fmt: Annotated[str, typer.Option("--format", help="Output format in folder mode: png, jpg, webp, tiff.")] = "png",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="Output format in folder mode: png (default), jpg, webp, tiff.")] = None,
+    suffix: Annotated[str, typer.Option("--suffix", help="Added to every output name (x.png -> x<suffix>.png), as Real-ESRGAN's --suffix.")] = "",
     tiling: Annotated[str, typer.Option("--tiling", help="auto, exact, fast or off (large images; SD models).")] = "auto",
     tile: Annotated[Optional[int], typer.Option("--tile", help="UNet latent tile (latent px; SD) or input tile (px; lite).")] = None,
     tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Overlap of --tile.")] = None,
     vae_tile: Annotated[Optional[int], typer.Option("--vae-tile", help="VAE tile in image pixels (multiple of 64; SD).")] = None,
     memory_budget: Annotated[Optional[float], typer.Option("--memory-budget", help="GB the tiler may plan for (default: half the RAM / 80% of the GPU).")] = None,
+    max_pixels: Annotated[Optional[float], typer.Option("--max-pixels", help="Refuse outputs larger than this many pixels (default 256e6 = 256 MP).")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the networks (default: torch's, one per core).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (the first image pays tens of seconds; needs a C++ compiler on the CPU).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Files read together; small ones of equal size share one network call (lite).")] = 1,
@@ -132,7 +135,7 @@ def upscale(
     ts = _parse_t(t)
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
-    jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt)
+    jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
     if not jobs:
         err.print("[yellow]no image files found in the inputs[/]")
         raise typer.Exit(EXIT_FAILED)
@@ -140,7 +143,7 @@ def upscale(
     upscaler = load(model, base=base, device=device, dtype=dtype, compile=compile_)
     options = dict(scale=scale, color_fix=color_fix, knob_steps=knob_steps, seed=seed, encode=encode)
     tiling_options = dict(tiling=None if tiling == "auto" else tiling, tile=tile, tile_overlap=tile_overlap, vae_tile=vae_tile,
-                          memory_budget=None if memory_budget is None else memory_budget * 1e9)
+                          memory_budget=None if memory_budget is None else memory_budget * 1e9, max_pixels=max_pixels)
     options.update({k: v for k, v in tiling_options.items() if v is not None})
     upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
 

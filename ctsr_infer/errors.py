@@ -12,6 +12,7 @@ __all__ = [
     "CtsrError",
     "InvalidInputError",
     "ImageReadError",
+    "InputNotFoundError",
     "UnknownModelError",
     "WeightsNotFoundError",
     "IncompatibleWeightsError",
@@ -19,6 +20,7 @@ __all__ = [
     "KnobError",
     "NumericalError",
     "DeviceError",
+    "MissingDependencyError",
 ]
 
 
@@ -32,6 +34,10 @@ class InvalidInputError(CtsrError, ValueError):
 
 class ImageReadError(CtsrError, ValueError):
     """An input image cannot be read: missing, corrupt, or of an unsupported format or mode."""
+
+
+class InputNotFoundError(ImageReadError, FileNotFoundError):
+    """An input file does not exist."""
 
 
 class UnknownModelError(CtsrError, KeyError):
@@ -63,3 +69,18 @@ class NumericalError(CtsrError, ArithmeticError):
 
 class DeviceError(CtsrError, RuntimeError):
     """The requested device or dtype is not available on this machine."""
+
+
+class MissingDependencyError(CtsrError, ImportError):
+    """An optional package is needed for this step; the message names the extra that installs it."""
+
+
+def require(module: str, *, extra: str, purpose: str) -> None:
+    """Raise :class:`MissingDependencyError` unless ``module`` can be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingDependencyError(
+            f"{purpose} needs the `{module}` package, which the runtime install leaves out; "
+            f"install it with `pip install 'ctsr-infer[{extra}]'`."
+        )

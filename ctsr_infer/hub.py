@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import settings
+from .atomic import atomic_write, publish
 from .errors import IncompatibleWeightsError, WeightsNotFoundError
 from .manifest import BaseSpec, ModelSpec, Source
 from .progress import ProgressCallback, emit
@@ -64,9 +65,7 @@ def _record_hash(model_id: str, filename: str, digest: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[f"{model_id}/{filename}"] = digest
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
     logger.warning("recorded sha256 %s for %s/%s (trust on first use; later loads verify it)", digest, model_id, filename)
 
 
@@ -120,12 +119,12 @@ def _http_download(url: str, target: Path, *, on_progress: ProgressCallback | No
                     emit(on_progress, "download", done, total)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:  # the partial file is already complete
-            os.replace(part, target)
+            publish(part, target)
             return
         raise _Unavailable(f"HTTP {exc.code}") from exc
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         raise _Unavailable(f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}") from exc
-    os.replace(part, target)
+    publish(part, target)
 
 
 def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress: ProgressCallback | None) -> Path:
@@ -154,9 +153,20 @@ def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress:
         return target
     if offline:
         raise _Unavailable(f"not at {target} and offline")
-    logger.info("downloading %s", source.url)
-    _http_download(str(source.url), target, on_progress=on_progress)
+    with _lock(target):  # one process writes `<target>.part`; the others wait, then find the file
+        if target.is_file():
+            return target
+        logger.info("downloading %s", source.url)
+        _http_download(str(source.url), target, on_progress=on_progress)
     return target
+
+
+def _lock(target: Path):  # noqa: ANN202 - a filelock.FileLock
+    """A per-file inter-process lock ``<target>.lock`` (as huggingface_hub does for its blobs)."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(target.with_name(target.name + ".lock")))
 
 
 def local_file(spec: ModelSpec) -> Path | None:
@@ -220,16 +230,54 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
 
     ``base_dir`` overrides the manifest's base sources (a local diffusers folder).
     """
-    from .checkpoints import convert_osediff, save_student
-
     if base_dir is None and spec.base is not None:
         base_dir = resolve_base(spec.base, offline=offline)
     if spec.file.format == "ctsr-student":
         return fetch_file(spec, offline=offline, on_progress=on_progress), base_dir
     target = converted_path(spec)
-    if target.is_file():
-        return target, base_dir
-    raw = fetch_file(spec, offline=offline, on_progress=on_progress)
+    with _lock(target):
+        if target.is_file() and _converted_is_current(spec, target):
+            return target, base_dir
+        raw = fetch_file(spec, offline=offline, on_progress=on_progress)
+        path = _convert(spec, raw, target, base_dir, offline=offline, on_progress=on_progress)
+        _record_hash(spec.id, CONVERTED_KEY, sha256_of(path))
+        return path, base_dir
+
+
+CONVERTED_KEY = "converted.safetensors"
+"""The hash-record name of a model's converted student file."""
+
+
+def _converted_is_current(spec: ModelSpec, target: Path) -> bool:
+    """A converted student is reused only if it was converted from the file the manifest (or the first
+    download) names and is byte-for-byte what the conversion wrote."""
+    from safetensors import safe_open
+
+    from .checkpoints import META_KEY
+
+    try:
+        with safe_open(str(target), framework="pt") as handle:
+            meta = json.loads((handle.metadata() or {}).get(META_KEY, "{}"))
+    except Exception as exc:  # noqa: BLE001 - an unreadable cache file is converted again
+        logger.warning("converted file %s is unreadable (%s); converting again", target, exc)
+        return False
+    source = (meta.get("provenance") or {}).get("source_sha256")
+    expected_source = spec.file.sha256 or recorded_hash(spec.id, spec.file.filename)
+    if source is None or source != expected_source:
+        logger.warning("%s was converted from a file with sha256 %s, expected %s; converting again", target, source, expected_source)
+        return False
+    recorded = recorded_hash(spec.id, CONVERTED_KEY)
+    if recorded is None or sha256_of(target) != recorded:
+        logger.warning("%s does not match the hash recorded when it was converted; converting again", target)
+        return False
+    return True
+
+
+def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *, offline: bool | None,
+             on_progress: ProgressCallback | None) -> Path:
+    from .checkpoints import convert_osediff, save_student
+
+    source_sha = verify_file(spec, raw)
     if spec.file.format == "resshift-pth":
         from .checkpoints import convert_resshift
 
@@ -237,15 +285,16 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
         vq = fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress)
         student = convert_resshift(raw, vq, sampler=spec.convert.get("sampler", "onestep"), schedule=spec.convert.get("schedule"),
                                    unet=spec.convert.get("unet"), vq=spec.convert.get("vq"), licence=spec.licence,
-                                   provenance={"model": spec.id})
-        return save_student(student, target), base_dir
+                                   provenance={"model": spec.id, "source_sha256": source_sha})
+        return save_student(student, target)
     if base_dir is None:
         raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; pass `base=`.")
     from .families.sd_onestep import encode_prompt
 
     source = spec.base.sources[0] if spec.base else {"path": str(base_dir)}
     student = convert_osediff(raw, prompt_embeds=encode_prompt(base_dir, spec.prompt), base=dict(source), prompt=spec.prompt)
-    return save_student(student, target), base_dir
+    student = replace(student, meta=replace(student.meta, provenance={**student.meta.provenance, "source_sha256": source_sha}))
+    return save_student(student, target)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import warnings
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageReadError, InvalidInputError
+from .atomic import atomic_write
+from .errors import ImageReadError, InputNotFoundError, InvalidInputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -162,7 +164,7 @@ def _from_pil(image: Image.Image, *, path: Path | None = None) -> ImageData:
         if bits == 16:
             import tifffile
 
-            array = tifffile.imread(str(path))
+            array = tifffile.imread(str(path), key=0)  # the first page of a multi-page file
             if array.ndim == 3 and array.shape[0] in (1, 2, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
                 array = np.moveaxis(array, 0, -1)  # planar configuration
             return _from_integer_array(array.astype(np.uint16), 16, icc=icc, source=source, orientation=orientation)
@@ -237,12 +239,24 @@ def read_image(image: Any) -> ImageData:
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         if not path.is_file():
-            raise ImageReadError(f"input image `{path}` does not exist or is not a file.")
+            raise InputNotFoundError(f"input image `{path}` does not exist or is not a file.")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"input image `{path}` is empty (0 bytes).")
         try:
-            with Image.open(path) as handle:
-                handle.load()
-                data = _from_pil(handle, path=path)
-        except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as handle:
+                    pages = getattr(handle, "n_frames", 1)
+                    if handle.format == "TIFF" and pages > 1:
+                        logger.warning("`%s` is a TIFF of %d pages: only the first page is upscaled.", path, pages)
+                    handle.load()
+                    data = _from_pil(handle, path=path)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+            raise ImageReadError(
+                f"`{path}` is larger than Pillow's decompression-bomb limit ({exc}); such inputs are refused "
+                "(raise PIL.Image.MAX_IMAGE_PIXELS in Python if the file is trusted)."
+            ) from exc
+        except UnidentifiedImageError as exc:
             raise ImageReadError(f"cannot read `{path}` as an image: {exc}") from exc
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageReadError(f"`{path}` is corrupt or truncated ({exc}).") from exc
@@ -383,24 +397,36 @@ PNG_COMPRESS_LEVEL = 1
 third of a ctsr-lite folder run."""
 
 
-def _encode_png16(array: np.ndarray, icc: bytes | None) -> bytes:
+STAMP_KEY = "ctsr"
+"""PNG text key (and prefix of the JPEG/WebP EXIF UserComment and TIFF ImageDescription) under which
+an output records the settings that produced it."""
+_EXIF_IFD, _USER_COMMENT, _IMAGE_DESCRIPTION = 0x8769, 0x9286, 270
+
+
+def _encode_png16(array: np.ndarray, icc: bytes | None, comment: str | None = None) -> bytes:
     import png  # pypng
 
     height, width, planes = array.shape
     writer = png.Writer(width=width, height=height, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16)
     buffer = io.BytesIO()
     writer.write(buffer, array.reshape(height, width * planes))
-    if not icc:
+    if not icc and not comment:
         return buffer.getvalue()
     chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
-    chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if icc:
+        chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
+    if comment:
+        chunks.insert(1, (b"tEXt", STAMP_KEY.encode("latin-1") + b"\x00" + comment.encode("latin-1", "replace")))
     out = io.BytesIO()
     png.write_chunks(out, chunks)
     return out.getvalue()
 
 
-def encode_image(data: ImageData, fmt: str) -> bytes:
-    """Encode to the bytes of a file of format ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP)."""
+def encode_image(data: ImageData, fmt: str, *, comment: str | None = None) -> bytes:
+    """Encode to the bytes of a file of format ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP).
+
+    ``comment`` (ASCII text) goes into the file's metadata: a PNG ``tEXt`` chunk keyed ``ctsr``, the
+    EXIF UserComment of JPEG and WebP, the TIFF ImageDescription (BMP has no place for it)."""
     if data.alpha is not None and fmt in _NO_ALPHA_FORMATS:
         logger.warning("%s cannot store transparency: the image is flattened onto white.", fmt)
         a = data.alpha[:, :, None]
@@ -412,12 +438,14 @@ def encode_image(data: ImageData, fmt: str) -> bytes:
     if bit_depth == 16:
         array = _quantise(_channels(data), 16)
         if fmt == "PNG":
-            return _encode_png16(array, data.icc_profile)
+            return _encode_png16(array, data.icc_profile, comment)
         import tifffile
 
         buffer = io.BytesIO()
         squeezed = array[:, :, 0] if array.shape[2] == 1 else array
         extra: dict[str, Any] = {"iccprofile": data.icc_profile} if data.icc_profile else {}
+        if comment:
+            extra["description"] = comment
         tifffile.imwrite(buffer, squeezed, photometric="minisblack" if data.grayscale else "rgb", compression="zlib", **extra)
         return buffer.getvalue()
     image = to_pil(replace(data, bit_depth=8))
@@ -432,36 +460,58 @@ def encode_image(data: ImageData, fmt: str) -> bytes:
         options.update(quality=95)
     elif fmt == "TIFF":
         options.update(compression="tiff_deflate")
+    if comment:
+        if fmt == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_text(STAMP_KEY, comment)
+            options["pnginfo"] = info
+        elif fmt in ("JPEG", "WEBP"):
+            exif = Image.Exif()
+            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
+            options["exif"] = exif.tobytes()
+        elif fmt == "TIFF":
+            options["tiffinfo"] = {_IMAGE_DESCRIPTION: comment}
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 
-def write_image(data: ImageData, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """Write atomically: encode in memory, write a temporary file beside ``path``, then move it.
+def read_comment(path: str | os.PathLike[str]) -> str | None:
+    """The ``comment`` :func:`encode_image` stored in a file, or None (no comment, or unreadable)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            if image.format == "PNG":
+                return image.text.get(STAMP_KEY)  # type: ignore[attr-defined]
+            if image.format in ("JPEG", "WEBP"):
+                raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+                if isinstance(raw, bytes):
+                    return raw[8:].decode("ascii", "replace") if raw.startswith(b"ASCII\x00\x00\x00") else raw.decode("ascii", "replace")
+                return raw if isinstance(raw, str) else None
+            if image.format == "TIFF":
+                value = image.tag_v2.get(_IMAGE_DESCRIPTION)  # type: ignore[attr-defined]
+                return str(value) if value is not None else None
+    except Exception:  # noqa: BLE001 - Pillow cannot open it (e.g. a 16-bit RGB TIFF): try tifffile
+        pass
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
 
-    With ``overwrite=False`` an existing file is never replaced (FileExistsError).
+            with tifffile.TiffFile(path) as handle:
+                return handle.pages[0].description or None  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - unreadable: no comment
+            return None
+    return None
+
+
+def write_image(data: ImageData, path: str | os.PathLike[str], *, overwrite: bool = False, comment: str | None = None) -> Path:
+    """Encode in memory, then write atomically (:func:`ctsr_infer.atomic.atomic_write`).
+
+    With ``overwrite=False`` an existing file is never replaced (FileExistsError). ``comment`` is
+    stored in the file's metadata (see :func:`encode_image`).
     """
     path = Path(path)
-    payload = encode_image(data, output_format(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.ctsr-tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic, and fails if `path` exists
-            except FileExistsError:
-                raise
-            except OSError:  # file systems without hard links
-                if path.exists():
-                    raise FileExistsError(f"`{path}` exists; pass overwrite=True to replace it.") from None
-                os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    payload = encode_image(data, output_format(path), comment=comment)
+    return atomic_write(path, payload, overwrite=overwrite)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -62,7 +63,12 @@ class UpscaleOptions(TypedDict, total=False):
     tile_overlap: int | None
     vae_tile: int | None
     memory_budget: float | None
+    max_pixels: float | None
     on_progress: ProgressCallback | None
+
+
+MAX_PIXELS = 256e6
+"""Default limit on an output's pixel count (``max_pixels``): 256 MP, a 16,000 x 16,000 image."""
 
 
 class Upscaler:
@@ -77,6 +83,11 @@ class Upscaler:
         self.model = model
         self.name = name
         self.meta = model.meta
+        self._lock = threading.RLock()
+        """Held for each network call. Calls from several threads (a web server, a Ray actor) are
+        correct: the fp32 retry casts the shared weights and the tiled VAE swaps the GroupNorm and
+        attention of shared modules for the duration of a call, so calls on one model take turns
+        (their reading, pre- and post-processing still overlap). Two models run in parallel."""
 
     @property
     def knob(self) -> Knob:
@@ -184,6 +195,21 @@ class Upscaler:
             return self._run_group(list(items), ts, run, progress)
         return [self._run_group([data], ts, run, progress)[0] for data in items]
 
+    def settings(self, t: float | None = None, **options: Unpack[UpscaleOptions]) -> dict[str, Any]:
+        """What determines an output's pixels for one t (options resolved to their values): recorded
+        in written files so a folder run skips an output only if the same settings made it."""
+        from . import __version__
+
+        _, run = self.check_options(t, **options)
+        record: dict[str, Any] = {"ctsr": __version__, "model": self.name, "family": self.meta.family,
+                                  "t": None if self.knob.kind == "none" else float(self.knob.default_t if t is None else t),  # type: ignore[arg-type]
+                                  "scale": run.scale, "color_fix": run.color_fix}
+        used = set(getattr(self.model, "options", ()))
+        for name in ("knob_steps", "seed", "encode"):
+            if name in used:
+                record[name] = getattr(run, name)
+        return record
+
     def check_options(self, t: Any = None, **options: Unpack[UpscaleOptions]) -> tuple[list[float] | None, RunOptions]:
         """Validate t and options without running anything; returns the t list and resolved options."""
         unknown = set(options) - set(UpscaleOptions.__annotations__)
@@ -223,9 +249,13 @@ class Upscaler:
         budget = options.get("memory_budget")
         if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
             raise InvalidInputError(f"`memory_budget` must be a positive number of bytes, got {budget!r}.")
+        limit = options.get("max_pixels")
+        limit = MAX_PIXELS if limit is None else limit
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+            raise InvalidInputError(f"`max_pixels` must be a positive number of output pixels, got {limit!r}.")
         return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode,  # type: ignore[arg-type]
                               tiling=tiling, tile=options.get("tile"), tile_overlap=options.get("tile_overlap"),  # type: ignore[arg-type]
-                              vae_tile=options.get("vae_tile"), memory_budget=budget)
+                              vae_tile=options.get("vae_tile"), memory_budget=budget, max_pixels=float(limit))
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -233,9 +263,14 @@ class Upscaler:
                    progress: ProgressCallback | None) -> list[list[ImageData]]:
         """Images of one size and bit depth through one network call (N = len(items))."""
         run = replace(run, bit_depth=items[0].bit_depth)
+        size = target_size(*items[0].size, run.scale)
+        if size[0] * size[1] > run.max_pixels:
+            raise InvalidInputError(
+                f"the output would be {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.0f} MP, over the limit of "
+                f"{run.max_pixels / 1e6:.0f} MP; lower `scale`, or raise the limit with --max-pixels / `max_pixels`."
+            )
         # 1. image in: transparent colour filled, alpha upscaled on its own
         emit(progress, "preprocess", 0, 1)
-        size = target_size(*items[0].size, run.scale)
         pixels = [data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha) for data in items]
         alphas = [None if data.alpha is None else resize_lanczos(data.alpha, size) for data in items]
         lr = torch.from_numpy(np.ascontiguousarray(np.stack(pixels))).permute(0, 3, 1, 2)
@@ -248,6 +283,10 @@ class Upscaler:
         ]
 
     def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+        with self._lock:
+            return self._forward_locked(lr, size, ts, options, on_progress)
+
+    def _forward_locked(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         try:
             return self.model.forward(lr, size=size, ts=ts, options=options, on_progress=on_progress)
         except NonFinite as first:

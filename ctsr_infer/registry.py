@@ -6,9 +6,11 @@ import json
 import os
 import platform
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from . import settings
+from .atomic import atomic_write
 from .checkpoints import convert_osediff, load_student, save_student
 from .errors import InvalidInputError, UnknownModelError
 from .hub import _download_dir, converted_path, file_status, sha256_of
@@ -20,9 +22,7 @@ __all__ = ["import_model", "remove_model", "diagnose"]
 def _write_registry(data: dict) -> None:
     path = user_registry_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def import_model(path: Path, *, model_id: str, base: Path | None = None, prompt: str = "", licence: str = "unknown") -> ModelSpec:
@@ -43,11 +43,11 @@ def import_model(path: Path, *, model_id: str, base: Path | None = None, prompt:
         from .families.sd_onestep import encode_prompt
 
         student = convert_osediff(path, prompt_embeds=encode_prompt(base, prompt), base={"path": str(Path(base).resolve())}, prompt=prompt, licence=licence)
+        student = replace(student, meta=replace(student.meta, provenance={**student.meta.provenance, "source_sha256": sha256_of(path)}))
         save_student(student, target)
     else:
         student = load_student(path)  # validates before anything is copied
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        atomic_write(target, writer=lambda tmp: shutil.copyfile(path, tmp))
     meta = student.meta
     entry = {
         "family": meta.family,

@@ -25,6 +25,7 @@ cat > "$dest/LICENCES.txt" <<'TXT'
 mate-* : Debian package mate-backgrounds, GPL-2+ (see /usr/share/doc/mate-backgrounds/copyright)
 plasma-* : Debian package plasma-workspace-wallpapers, GPL-2+ (see its copyright file)
 skimage-* : scikit-image sample data (skimage.data), CC0 / public domain per its docstrings
+matplotlib-* : matplotlib sample data (grace_hopper.jpg), see matplotlib's LICENSE / sample-data notes
 TXT
 if python3 -c "import skimage" 2>/dev/null; then
   python3 - "$dest/raw" <<'PY'
@@ -35,6 +36,19 @@ import skimage.data as d
 out = Path(sys.argv[1])
 for name in ("astronaut", "chelsea", "coffee", "rocket"):
     Image.fromarray(getattr(d, name)()).save(out / f"skimage-{name}.png")
+left, right, _ = d.stereo_motorcycle()
+Image.fromarray(left).save(out / "skimage-motorcycle_left.png")
+Image.fromarray(right).save(out / "skimage-motorcycle_right.png")
+PY
+fi
+if python3 -c "import matplotlib" 2>/dev/null; then
+  python3 - "$dest/raw" <<'PY'
+import sys
+from pathlib import Path
+from matplotlib.cbook import get_sample_data
+from PIL import Image
+with get_sample_data("grace_hopper.jpg") as handle:
+    Image.open(handle).convert("RGB").save(Path(sys.argv[1]) / "matplotlib-grace_hopper.png")
 PY
 fi
 ls "$dest/raw" | wc -l

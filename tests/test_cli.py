@@ -71,11 +71,15 @@ def test_skip_existing_then_overwrite(tmp_path: Path, student_path: Path) -> Non
     (out / "a.png").write_bytes(b"the user's own file")
     args = ("upscale", str(folder), "-o", str(out), "--model", str(student_path), "--scale", "1")
     result = _run(*args)
-    assert result.exit_code == 0 and "0 ok, 1 skipped, 0 failed" in result.output
+    # a file the run did not make is reported, never taken for a finished output, and left alone
+    assert result.exit_code == 1 and "0 ok, 0 skipped, 1 failed" in result.output
+    assert "without a record of its settings" in result.output and "--overwrite" in result.output
     assert (out / "a.png").read_bytes() == b"the user's own file"
     result = _run(*args, "--overwrite")
     assert result.exit_code == 0 and "1 ok" in result.output
     assert Image.open(out / "a.png").size == (12, 10)
+    result = _run(*args)  # made with these settings: skipped
+    assert result.exit_code == 0 and "0 ok, 1 skipped, 0 failed" in result.output
 
 
 def test_recursive_mirrors_the_tree_and_keeps_colliding_names_apart(tmp_path: Path, student_path: Path) -> None:

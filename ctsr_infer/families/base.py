@@ -45,6 +45,8 @@ class RunOptions:
     """VAE tile in image pixels."""
     memory_budget: float | None = None
     """Bytes the tiler may plan for; None: half the RAM (CPU) or 80% of the GPU's memory."""
+    max_pixels: float = 256e6
+    """Largest output (pixels) a call accepts; larger ones are refused before any work."""
 
 
 def default_memory_budget(device: torch.device) -> float:

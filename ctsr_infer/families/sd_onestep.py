@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..checkpoints import StudentFile
 from ..colorfix import color_fix
 from ..device import Placement, check_finite
-from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError
+from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError, require
 from ..image import resize_bicubic
 from ..lora import fuse, lora_delta
 from ..progress import ProgressCallback, emit
@@ -104,6 +104,7 @@ def load_base(base_dir: str | Path) -> tuple[nn.Module, nn.Module, torch.Tensor]
 
 def encode_prompt(base_dir: str | Path, prompt: str) -> torch.Tensor:
     """Run the base model's CLIP text encoder once: prompt -> (1, 77, dim) embedding (for converters)."""
+    require("transformers", extra="convert", purpose="Converting an SD-based checkpoint (its prompt embedding)")
     from transformers import CLIPTextModel, CLIPTokenizer
 
     base_dir = Path(base_dir)

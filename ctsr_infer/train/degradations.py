@@ -13,6 +13,7 @@ of counting an image's unique values.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-__all__ = ["DegradationConfig", "random_kernel", "sinc_kernel", "degrade", "bicubic_degrade"]
+__all__ = ["DegradationConfig", "MildConfig", "random_kernel", "sinc_kernel", "degrade", "bicubic_degrade", "mild_degrade"]
 
 KERNELS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
 
@@ -181,3 +182,30 @@ def bicubic_degrade(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
     height, width = array.shape[:2]
     small = Image.fromarray(array).resize((width // scale, height // scale), Image.Resampling.BICUBIC)
     return torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+
+
+@dataclass(frozen=True)
+class MildConfig:
+    """The "mild" degradation family: Gaussian blur, bicubic x``scale``, Gaussian noise, JPEG."""
+
+    scale: int = 4
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    noise_sigma: tuple[float, float] = (0.0, 5.0)
+    """Gaussian noise standard deviation, in 8-bit levels."""
+    jpeg_quality: tuple[int, int] = (60, 90)
+
+
+def mild_degrade(hr: torch.Tensor, rng: np.random.Generator, cfg: MildConfig = MildConfig()) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1] -> (1, 3, H/scale, W/scale): blur (isotropic Gaussian, sigma drawn from
+    ``cfg.blur_sigma``), Pillow's bicubic downscale, Gaussian noise, JPEG; quantised to 8 bits."""
+    sigma = float(rng.uniform(*cfg.blur_sigma))
+    size = 2 * int(math.ceil(3 * sigma)) + 1
+    offsets = np.arange(size) - size // 2
+    line = np.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = np.outer(line, line)
+    x = _filter(hr, kernel / kernel.sum())
+    x = bicubic_degrade(x.clamp(0, 1), cfg.scale)
+    gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+    x = x + torch.randn(x.shape, generator=gen) * (rng.uniform(*cfg.noise_sigma) / 255.0)
+    x = _jpeg(x, int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1)))
+    return (x.clamp(0, 1) * 255.0).round() / 255.0

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from ..atomic import atomic_write
 from ..checkpoints import StudentFile, StudentMeta, load_student, save_student
 from ..device import native_bf16_cpu
 from ..families.lite import LiteNet
@@ -280,7 +281,7 @@ def _cached(path: Path, build: Callable[[], dict[str, torch.Tensor]]) -> dict[st
     if path.is_file():
         return load_file(str(path))
     tensors = build()
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    atomic_write(path, writer=lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
     return tensors
 
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from .engine import Engine
 
 __all__ = ["Recipe"]
@@ -98,9 +99,7 @@ class Recipe:
             state[f"trainable.{name}"] = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
         for name, optimizer in self.optimizers().items():
             state[f"optimizer.{name}"] = optimizer.state_dict()
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, writer=lambda tmp: torch.save(state, tmp))
         self.engine.wait()
         return path
 
