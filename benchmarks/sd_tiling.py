@@ -67,7 +67,7 @@ def encoder_check(size: int, tile: int = 512) -> dict:
         whole = model.encode(x, plan=TilePlan.untiled())
         result["untiled_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        tiled = model.encode(x, plan=TilePlan("exact", tile, 64, 64, 4, 96, 32, 1))
+        tiled = model.encode(x, plan=TilePlan("exact", tile, 64, model.vae_contexts[0], model.vae_contexts[1], 4, 96, 32, 1))
         result["exact_s"] = time.perf_counter() - start
     result["relative_rms"] = float((tiled - whole).pow(2).mean().sqrt() / whole.pow(2).mean().sqrt())
     result["max_abs"] = float((tiled - whole).abs().max())

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
-from .image import IMAGE_EXTENSIONS, read_comment, read_image, write_image
+from .encoding import check_encoding, read_comment, write_image
+from .image import IMAGE_EXTENSIONS, read_image
 from .progress import ProgressCallback, emit
 
 __all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "check_plan", "run_batch", "t_suffix"]
@@ -247,6 +248,9 @@ def run_batch(
     on_item: Callable[[BatchItem], None] | None = None,
     pipelined: bool = True,
     batch_size: int = 1,
+    quality: int | None = None,
+    png_level: int | None = None,
+    keep_metadata: bool = False,
     **options: Any,
 ) -> BatchReport:
     """Run ``upscaler.process`` over ``jobs``. A failing file is recorded and the rest go on.
@@ -262,7 +266,10 @@ def run_batch(
     for every ``batch_size`` and ``pipelined`` up to float rounding (conv kernels may sum in another
     order for a batch: at most one 8-bit level); items are reported in job order, each once its
     outputs are on disk. Memory: up to ``batch_size`` decoded inputs and their outputs at once.
+    ``quality``, ``png_level``, ``keep_metadata``: how outputs are encoded (:func:`~ctsr_infer.encoding.encode_image`).
     """
+    check_encoding(quality=quality, png_level=png_level)
+    encoding = {"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     report = BatchReport()
@@ -298,7 +305,7 @@ def run_batch(
     def write(results: list[Any], job: Job) -> None:
         for result, path, comment, needed in zip(results, job.outputs, comments, todo[job], strict=True):
             if needed:  # overwrite=False: an output that appeared meanwhile is an error, never silently kept
-                write_image(result, path, overwrite=overwrite, comment=comment)
+                write_image(result, path, overwrite=overwrite, comment=comment, **encoding)
 
     def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
         logger.debug("failed on %s", job.source, exc_info=exc)
@@ -361,42 +368,49 @@ def run_batch(
                 return []
             return [triage(job) or io_call(read_image, job.source) for job in chunks[chunk_index]]
 
-        upcoming = read(0)
-        position = 0
-        for chunk_index, chunk in enumerate(chunks):
-            emit(on_progress, "file", position, len(jobs))
-            position += len(chunk)
-            start = time.perf_counter()
-            current, upcoming = upcoming, []
-            entries: list[_Entry | None] = [None] * len(chunk)
-            loaded: dict[int, Any] = {}
-            for index, (job, future) in enumerate(zip(chunk, current, strict=True)):
-                if isinstance(future, BatchItem):
-                    entries[index] = future
-                    continue
-                try:
-                    loaded[index] = future.result()
-                except (KeyboardInterrupt, MemoryError):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, the rest go on
-                    entries[index] = failed(job, exc, start)
-            upcoming = read(chunk_index + 1)
-            groups: dict[Any, list[int]] = {}
-            for index, data in loaded.items():
-                groups.setdefault((data.size, data.bit_depth), []).append(index)
-            outputs: dict[int, list[Any] | BaseException] = {}
-            for members in groups.values():
-                outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))
-            settle()
-            for index, result in sorted(outputs.items()):
-                job = chunk[index]
-                if isinstance(result, BaseException):
-                    entries[index] = failed(job, result, start)
-                else:
-                    entries[index] = (job, start, io_call(write, result, job))
-            pending.extend(entry for entry in entries if entry is not None)
-            if not pipelined:  # written already: report now
+        def run_all() -> None:
+            upcoming = read(0)
+            position = 0
+            for chunk_index, chunk in enumerate(chunks):
+                emit(on_progress, "file", position, len(jobs))
+                position += len(chunk)
+                start = time.perf_counter()
+                current, upcoming = upcoming, []
+                entries: list[_Entry | None] = [None] * len(chunk)
+                loaded: dict[int, Any] = {}
+                for index, (job, future) in enumerate(zip(chunk, current, strict=True)):
+                    if isinstance(future, BatchItem):
+                        entries[index] = future
+                        continue
+                    try:
+                        loaded[index] = future.result()
+                    except (KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, the rest go on
+                        entries[index] = failed(job, exc, start)
+                upcoming = read(chunk_index + 1)
+                groups: dict[Any, list[int]] = {}
+                for index, data in loaded.items():
+                    groups.setdefault((data.size, data.bit_depth), []).append(index)
+                outputs: dict[int, list[Any] | BaseException] = {}
+                for members in groups.values():
+                    outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))
                 settle()
+                for index, result in sorted(outputs.items()):
+                    job = chunk[index]
+                    if isinstance(result, BaseException):
+                        entries[index] = failed(job, result, start)
+                    else:
+                        entries[index] = (job, start, io_call(write, result, job))
+                pending.extend(entry for entry in entries if entry is not None)
+                if not pipelined:  # written already: report now
+                    settle()
+
+        try:
+            run_all()
+        except KeyboardInterrupt:
+            settle()  # the writes already under way finish and are reported; nothing else starts
+            raise
         settle()
     emit(on_progress, "file", len(jobs), len(jobs))
     return report

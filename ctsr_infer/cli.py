@@ -1,7 +1,8 @@
 """The ``ctsr`` command: typer + rich. The only module that draws.
 
 Exit codes: 0 all files ok (skipped ones included), 1 some files failed, 2 usage error,
-3 missing model or environment problem.
+3 missing model or environment problem, 130 interrupted (Ctrl-C; the summary of what finished is printed).
+
 """
 
 import json
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
@@ -29,7 +30,7 @@ from .errors import (
     WeightsNotFoundError,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 class _Group(typer.core.TyperGroup):
     """Turns any CtsrError of any command into its message and exit code, in one place."""
 
@@ -126,6 +127,9 @@ def upscale(
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for the networks (default: torch's, one per core).")] = None,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (the first image pays tens of seconds; needs a C++ compiler on the CPU).")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Files read together; small ones of equal size share one network call (lite).")] = 1,
+    quality: Annotated[Optional[int], typer.Option("--quality", help="JPEG/WebP quality 1-100 (default 95).")] = None,
+    png_level: Annotated[Optional[int], typer.Option("--png-level", help="PNG zlib compression level 0-9 (default 1: fast, ~10% larger than 6).")] = None,
+    keep_metadata: Annotated[bool, typer.Option("--keep-metadata", help="Copy the input's EXIF (orientation reset) and XMP into the output.")] = False,
 ) -> None:
     """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
     from .batch import BatchItem, plan_jobs, run_batch
@@ -135,8 +139,17 @@ def upscale(
     ts = _parse_t(t)
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
-    jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
-    if not jobs:
+    from .encoding import check_encoding
+
+    check_encoding(quality=quality, png_level=png_level)
+    stdio = str(output) == "-" or any(str(p) == "-" for p in inputs)
+    if stdio:
+        if len(inputs) != 1 or (ts is not None and len(ts) > 1) or (str(inputs[0]) != "-" and Path(inputs[0]).is_dir()):
+            raise typer.BadParameter("`-` (stdin/stdout) works with exactly one image and one t value.")
+        jobs = []
+    else:
+        jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
+    if not jobs and not stdio:
         err.print("[yellow]no image files found in the inputs[/]")
         raise typer.Exit(EXIT_FAILED)
     _set_threads(threads)
@@ -146,37 +159,101 @@ def upscale(
                           memory_budget=None if memory_budget is None else memory_budget * 1e9, max_pixels=max_pixels)
     options.update({k: v for k, v in tiling_options.items() if v is not None})
     upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
+    if stdio:
+        _upscale_stdio(upscaler, inputs[0], output, t=None if ts is None else ts[0], fmt=fmt, overwrite=overwrite,
+                       encoding={"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}, options=options)
+        raise typer.Exit(EXIT_OK)
 
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
     )
     files = progress.add_task("files", total=len(jobs))
     stage = progress.add_task("", total=1)
+    done_items: list[BatchItem] = []
 
     def on_progress(event: ProgressEvent) -> None:
         if event.stage == "file":
-            progress.update(files, completed=event.done)
+            current = jobs[event.done].source.name if event.done < len(jobs) else ""
+            progress.update(files, completed=event.done, description=f"files {current}")
         else:
             progress.update(stage, description=event.stage, completed=event.done, total=max(event.total, 1))
 
     def on_item(item: BatchItem) -> None:
+        done_items.append(item)
         if item.status == "failed":
             progress.console.print(f"[red]failed[/] {item.source}: {item.error}", highlight=False)
 
-    with progress:
-        report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item,
-                           batch_size=batch_size, **options)
+    interrupted = False
+    try:
+        with progress:
+            report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item,
+                               batch_size=batch_size, quality=quality, png_level=png_level, keep_metadata=keep_metadata, **options)
+    except KeyboardInterrupt:
+        from .batch import BatchReport
 
-    table = Table(title=f"ctsr upscale — {upscaler.name}", show_lines=False)
-    for column in ("status", "input", "output", "seconds"):
-        table.add_column(column)
-    for item in report.items:
-        colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[item.status]
-        table.add_row(f"[{colour}]{item.status}[/]", str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}")
-    out.print(table)
-    out.print(f"{report.count('ok')} ok, {report.count('skipped')} skipped, {report.count('failed')} failed")
+        interrupted = True
+        report = BatchReport(items=list(done_items))
+    _summary(report, title=f"ctsr upscale — {upscaler.name}")
+    if interrupted:
+        err.print(f"[yellow]interrupted:[/] {len(report.items)} done, {len(jobs) - len(report.items)} left "
+                  "(run the same command again: finished outputs are skipped)")
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
+
+
+def _upscale_stdio(upscaler: Any, source: Path, output: Path, *, t: Optional[float], fmt: Optional[str], overwrite: bool,
+                   encoding: dict[str, Any], options: dict[str, Any]) -> None:
+    """One image from a file or stdin (``-``) to a file or stdout (``-``, format from --format, PNG by default)."""
+    import tempfile
+
+    from .encoding import encode_image, output_format, write_image
+    from .image import read_image
+
+    if str(source) == "-":
+        payload = sys.stdin.buffer.read()
+        if not payload:
+            raise InvalidInputError("standard input is empty (0 bytes); pipe an image into `ctsr upscale - -o ...`.")
+        with tempfile.TemporaryDirectory(prefix="ctsr-stdin-") as folder:  # a file keeps 16-bit PNG/TIFF intact
+            path = Path(folder) / "stdin"
+            path.write_bytes(payload)
+            data = read_image(path)
+    else:
+        data = read_image(source)
+    [result] = upscaler.process(data, t=t, **options)
+    comment = json.dumps(upscaler.settings(t, **options), sort_keys=True)
+    if str(output) == "-":
+        name = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", None: "PNG"}.get(fmt)
+        if name is None:
+            raise InvalidInputError(f"`format` must be one of png, jpg, webp, tiff, got {fmt!r}.")
+        sys.stdout.buffer.write(encode_image(result, name, comment=comment, **encoding))
+        sys.stdout.buffer.flush()
+    else:
+        if fmt is not None and output_format(output).lower().replace("jpeg", "jpg") != fmt:
+            raise InvalidInputError(f"`format` {fmt!r} does not match the output file {str(output)!r}.")
+        write_image(result, output, overwrite=overwrite, comment=comment, **encoding)
+        err.print(f"wrote {output}")
+
+
+def _summary(report: "BatchReport", *, title: str) -> None:  # noqa: F821 - imported lazily
+    """A table on a terminal; tab-separated lines (paths never cut) when the output is a pipe or file."""
+    if out.is_terminal:
+        table = Table(title=title, show_lines=False)
+        for column in ("status", "input", "output", "seconds"):
+            table.add_column(column, overflow="fold")
+        for item in report.items:
+            colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[item.status]
+            table.add_row(f"[{colour}]{item.status}[/]", str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}")
+        out.print(table)
+    else:
+        for item in report.items:
+            line = "\t".join([item.status, str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}"])
+            print(line + (f"\t{item.error}" if item.error and item.status == "failed" else ""))
+    summary = f"{report.count('ok')} ok, {report.count('skipped')} skipped, {report.count('failed')} failed"
+    if out.is_terminal:
+        out.print(summary)
+    else:
+        print(summary)
 
 
 @app.command()
@@ -192,7 +269,8 @@ def sweep(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing sheet.")] = False,
 ) -> None:
     """Write a labelled contact sheet of one image at several t (whole image and a zoomed crop per t)."""
-    from .image import ImageData, read_image, to_pil, write_image
+    from .encoding import write_image
+    from .image import ImageData, read_image, to_pil
     from .pipeline import load
     from .sheet import contact_sheet
 

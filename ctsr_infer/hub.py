@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import urllib.error
 import urllib.parse
 import urllib.request

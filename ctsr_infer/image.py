@@ -11,19 +11,16 @@ Pillow reads 16-bit RGB PNGs as 8-bit, so 16-bit PNGs go through ``pypng`` and 1
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import warnings
-import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .atomic import atomic_write
 from .errors import ImageReadError, InputNotFoundError, InvalidInputError
 
 __all__ = [
@@ -32,7 +29,6 @@ __all__ = [
     "read_image",
     "to_pil",
     "to_numpy",
-    "write_image",
     "resize_bicubic",
     "resize_lanczos",
     "fill_transparent",
@@ -63,6 +59,10 @@ class ImageData:
     source: Source = "pil"
     numpy_layout: tuple[int, ...] = ()
     """For numpy inputs: () for (H, W), else (C,) for (H, W, C)."""
+    exif: bytes | None = None
+    """The source file's EXIF block (written back only with ``keep_metadata``)."""
+    xmp: bytes | None = None
+    """The source file's XMP packet (written back only with ``keep_metadata``)."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -251,6 +251,9 @@ def read_image(image: Any) -> ImageData:
                         logger.warning("`%s` is a TIFF of %d pages: only the first page is upscaled.", path, pages)
                     handle.load()
                     data = _from_pil(handle, path=path)
+                    data.exif = handle.info.get("exif") or None
+                    xmp = handle.info.get("xmp") or handle.info.get("XML:com.adobe.xmp")
+                    data.xmp = xmp.encode("utf-8") if isinstance(xmp, str) else xmp or None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
             raise ImageReadError(
                 f"`{path}` is larger than Pillow's decompression-bomb limit ({exc}); such inputs are refused "
@@ -380,138 +383,3 @@ def to_pil(data: ImageData) -> Image.Image:
     if data.icc_profile:
         image.info["icc_profile"] = data.icc_profile
     return image
-
-
-def output_format(path: Path) -> str:
-    fmt = _FORMATS.get(path.suffix.lower())
-    if fmt is None:
-        raise InvalidInputError(
-            f"output `{path}` has extension {path.suffix!r}; use one of {sorted(_FORMATS)}."
-        )
-    return fmt
-
-
-PNG_COMPRESS_LEVEL = 1
-"""zlib level of 8-bit PNG outputs: 1 (OpenCV's default, so Real-ESRGAN's) encodes a 1.3 MP photo in
-0.10 s instead of Pillow's level 6 in 0.34 s, for files about 10% larger; on a CPU the encode was a
-third of a ctsr-lite folder run."""
-
-
-STAMP_KEY = "ctsr"
-"""PNG text key (and prefix of the JPEG/WebP EXIF UserComment and TIFF ImageDescription) under which
-an output records the settings that produced it."""
-_EXIF_IFD, _USER_COMMENT, _IMAGE_DESCRIPTION = 0x8769, 0x9286, 270
-
-
-def _encode_png16(array: np.ndarray, icc: bytes | None, comment: str | None = None) -> bytes:
-    import png  # pypng
-
-    height, width, planes = array.shape
-    writer = png.Writer(width=width, height=height, greyscale=planes in (1, 2), alpha=planes in (2, 4), bitdepth=16)
-    buffer = io.BytesIO()
-    writer.write(buffer, array.reshape(height, width * planes))
-    if not icc and not comment:
-        return buffer.getvalue()
-    chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
-    if icc:
-        chunks.insert(1, (b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc)))
-    if comment:
-        chunks.insert(1, (b"tEXt", STAMP_KEY.encode("latin-1") + b"\x00" + comment.encode("latin-1", "replace")))
-    out = io.BytesIO()
-    png.write_chunks(out, chunks)
-    return out.getvalue()
-
-
-def encode_image(data: ImageData, fmt: str, *, comment: str | None = None) -> bytes:
-    """Encode to the bytes of a file of format ``fmt`` (PNG, JPEG, WEBP, TIFF, BMP).
-
-    ``comment`` (ASCII text) goes into the file's metadata: a PNG ``tEXt`` chunk keyed ``ctsr``, the
-    EXIF UserComment of JPEG and WebP, the TIFF ImageDescription (BMP has no place for it)."""
-    if data.alpha is not None and fmt in _NO_ALPHA_FORMATS:
-        logger.warning("%s cannot store transparency: the image is flattened onto white.", fmt)
-        a = data.alpha[:, :, None]
-        data = replace(data, pixels=data.pixels * a + (1.0 - a), alpha=None)
-    bit_depth = data.bit_depth if data.bit_depth in (8, 16) else 16
-    if bit_depth == 16 and fmt not in _SIXTEEN_BIT_FORMATS:
-        logger.warning("%s holds 8 bits per channel: the 16-bit result is written at 8 bits.", fmt)
-        bit_depth = 8
-    if bit_depth == 16:
-        array = _quantise(_channels(data), 16)
-        if fmt == "PNG":
-            return _encode_png16(array, data.icc_profile, comment)
-        import tifffile
-
-        buffer = io.BytesIO()
-        squeezed = array[:, :, 0] if array.shape[2] == 1 else array
-        extra: dict[str, Any] = {"iccprofile": data.icc_profile} if data.icc_profile else {}
-        if comment:
-            extra["description"] = comment
-        tifffile.imwrite(buffer, squeezed, photometric="minisblack" if data.grayscale else "rgb", compression="zlib", **extra)
-        return buffer.getvalue()
-    image = to_pil(replace(data, bit_depth=8))
-    options: dict[str, Any] = {}
-    if data.icc_profile:
-        options["icc_profile"] = data.icc_profile
-    if fmt == "PNG":
-        options.update(compress_level=PNG_COMPRESS_LEVEL)
-    elif fmt == "JPEG":
-        options.update(quality=95, subsampling=0)
-    elif fmt == "WEBP":
-        options.update(quality=95)
-    elif fmt == "TIFF":
-        options.update(compression="tiff_deflate")
-    if comment:
-        if fmt == "PNG":
-            from PIL.PngImagePlugin import PngInfo
-
-            info = PngInfo()
-            info.add_text(STAMP_KEY, comment)
-            options["pnginfo"] = info
-        elif fmt in ("JPEG", "WEBP"):
-            exif = Image.Exif()
-            exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
-            options["exif"] = exif.tobytes()
-        elif fmt == "TIFF":
-            options["tiffinfo"] = {_IMAGE_DESCRIPTION: comment}
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
-
-
-def read_comment(path: str | os.PathLike[str]) -> str | None:
-    """The ``comment`` :func:`encode_image` stored in a file, or None (no comment, or unreadable)."""
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            if image.format == "PNG":
-                return image.text.get(STAMP_KEY)  # type: ignore[attr-defined]
-            if image.format in ("JPEG", "WEBP"):
-                raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-                if isinstance(raw, bytes):
-                    return raw[8:].decode("ascii", "replace") if raw.startswith(b"ASCII\x00\x00\x00") else raw.decode("ascii", "replace")
-                return raw if isinstance(raw, str) else None
-            if image.format == "TIFF":
-                value = image.tag_v2.get(_IMAGE_DESCRIPTION)  # type: ignore[attr-defined]
-                return str(value) if value is not None else None
-    except Exception:  # noqa: BLE001 - Pillow cannot open it (e.g. a 16-bit RGB TIFF): try tifffile
-        pass
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-
-            with tifffile.TiffFile(path) as handle:
-                return handle.pages[0].description or None  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - unreadable: no comment
-            return None
-    return None
-
-
-def write_image(data: ImageData, path: str | os.PathLike[str], *, overwrite: bool = False, comment: str | None = None) -> Path:
-    """Encode in memory, then write atomically (:func:`ctsr_infer.atomic.atomic_write`).
-
-    With ``overwrite=False`` an existing file is never replaced (FileExistsError). ``comment`` is
-    stored in the file's metadata (see :func:`encode_image`).
-    """
-    path = Path(path)
-    payload = encode_image(data, output_format(path), comment=comment)
-    return atomic_write(path, payload, overwrite=overwrite)

@@ -219,7 +219,9 @@ class Upscaler:
         ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(getattr(self.model, "options", ()))
         given = sorted(k for k in ignored if options.get(k) is not None)  # type: ignore[misc]
         if given:
-            raise InvalidInputError(f"option(s) {given} do not apply to {self.meta.family} students like `{self.name}`; drop them.")
+            flags = ", ".join(f"`{k}` (--{k.replace('_', '-')})" for k in given)
+            verb, pronoun = ("does", "it") if len(given) == 1 else ("do", "them")
+            raise InvalidInputError(f"{flags} {verb} not apply to {self.meta.family} students like `{self.name}`; drop {pronoun}.")
         scale = options.get("scale")
         scale = self.default_scale if scale is None else scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
@@ -237,12 +239,26 @@ class Upscaler:
         fix = options.get("color_fix")
         fix = check_color_fix(self.meta.color_fix if fix is None else fix)
         tiling = options.get("tiling") or "auto"
-        if tiling not in ("auto", "exact", "fast", "off"):
-            raise InvalidInputError(f"`tiling` must be 'auto', 'exact', 'fast' or 'off', got {tiling!r}.")
-        for name in ("tile", "tile_overlap", "vae_tile"):
+        modes = tuple(getattr(self.model, "tiling_modes", ("auto", "exact", "fast", "off")))
+        if tiling not in modes:
+            raise InvalidInputError(f"`tiling` (--tiling) must be one of {list(modes)} for {self.meta.family} students, got {tiling!r}.")
+        for name, least in (("tile", 1), ("tile_overlap", 0), ("vae_tile", 1)):
             value = options.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise InvalidInputError(f"`{name}` must be a non-negative integer, got {value!r}.")
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise InvalidInputError(f"`{name}` (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}.")
+        tile, overlap = options.get("tile"), options.get("tile_overlap")
+        min_tile = int(getattr(self.model, "min_tile", 1))
+        if tile is not None and tile < min_tile:
+            raise InvalidInputError(f"`tile` (--tile) must be at least {min_tile} for {self.meta.family} students, got {tile}.")
+        if tile is not None and overlap is not None and not overlap < tile:
+            raise InvalidInputError(f"`tile_overlap` (--tile-overlap) must be smaller than `tile` (--tile), got {overlap} and {tile}.")
+        if options.get("seed") is not None and mode != "sample" and "encode" in getattr(self.model, "options", ()):
+            raise InvalidInputError("`seed` (--seed) only applies with `encode='sample'` (--encode sample); drop it or add that.")
+        if options.get("knob_steps") is not None and self.knob.kind != "ctsr-flow":
+            raise InvalidInputError(
+                f"`knob_steps` (--knob-steps) applies to the Euler steps of a `ctsr-flow` knob; model `{self.name}` has a "
+                f"`{self.knob.kind}` knob. Drop it."
+            )
         vae_tile = options.get("vae_tile")
         if vae_tile is not None and (vae_tile < 64 or vae_tile % 64):
             raise InvalidInputError(f"`vae_tile` must be a multiple of 64 pixels (>= 64), got {vae_tile}.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import ctsr_infer
 from ctsr_infer.atomic import TMP_MARK, atomic_write
 from ctsr_infer.batch import Job, check_plan, plan_jobs, run_batch
 from ctsr_infer.errors import InvalidInputError
-from ctsr_infer.image import read_comment
+from ctsr_infer.encoding import read_comment
 
 
 def _noise(path: Path, seed: int, size: tuple[int, int] = (12, 16)) -> np.ndarray:

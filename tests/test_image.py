@@ -9,7 +9,8 @@ import pytest
 from PIL import Image, ImageCms, ImageOps
 
 from ctsr_infer.errors import ImageReadError, InvalidInputError
-from ctsr_infer.image import apply_orientation, fill_transparent, read_image, write_image
+from ctsr_infer.encoding import write_image
+from ctsr_infer.image import apply_orientation, fill_transparent, read_image
 
 
 def _gradient(h: int, w: int, channels: int = 3, dtype=np.uint8) -> np.ndarray:

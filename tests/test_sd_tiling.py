@@ -135,7 +135,7 @@ def test_plan_switches_tiling_on_only_when_needed() -> None:
     cpu = torch.device("cpu")
 
     def plan(size: int, **changes: object) -> TilePlan:
-        return TilePlan.decide(size, size, RunOptions(**{**base.__dict__, **changes}), vae_bytes=4, device=cpu)
+        return TilePlan.decide(size, size, RunOptions(**{**base.__dict__, **changes}), vae_bytes=4, device=cpu, contexts=(64, 8))
 
     assert plan(1024).vae_mode == "off"  # 1024^2 fits 12 GB untiled
     big = plan(4096)
@@ -151,6 +151,60 @@ def test_plan_switches_tiling_on_only_when_needed() -> None:
 def test_the_loaded_weights_come_off_the_budget(upscaler) -> None:
     model = upscaler.model
     weights = sum(p.numel() * p.element_size() for m in (model.unet, model.vae) for p in m.parameters())
-    options = upscaler.check_options(scale=4, memory_budget=weights + 4 * 192**2 * 5120)[1]
-    # what is left after the weights holds four 64-px tiles with their 64-px context, and no more
+    context = max(model.vae_contexts[0], 8 * model.vae_contexts[1])
+    options = upscaler.check_options(scale=4, memory_budget=weights + 4 * (64 + 2 * context) ** 2 * 5120)[1]
+    # what is left after the weights holds four 64-px tiles with their context, and no more
     assert model.plan(4096, 4096, options).vae_tile == 64
+
+
+def _sd_depth_vae():
+    """A VAE with SD 2.1's depth (4 levels, 2 resnets each, mid-block attention) and narrow channels."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(11)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                        block_out_channels=(8, 8, 16, 16))
+    return vae.eval().requires_grad_(False)
+
+
+def test_the_context_covers_the_measured_receptive_radius_of_an_sd_depth_vae() -> None:
+    from ctsr_infer.receptive import context_for, receptive_radius
+
+    vae = _sd_depth_vae()
+    encoder, decoder = receptive_radius(vae.encoder, 3, probe=16), receptive_radius(vae.decoder, 4, probe=4)
+    # hand count for SD 2.1's layout: decoder 138 image px (17.25 latent px), encoder 4 strided
+    # levels of 2 resnets (4 convs each) plus conv_in/conv_out and three stride-2 convs
+    assert decoder * 8 == pytest.approx(138, abs=0.5)
+    assert 100 <= encoder <= 120
+    assert context_for(decoder) * 8 >= 138 and context_for(encoder, align=8) % 8 == 0
+
+
+def test_exact_tiling_equals_untiled_at_sd_depth() -> None:
+    from ctsr_infer.receptive import context_for, receptive_radius
+
+    vae = _sd_depth_vae()
+    encoder_context = context_for(receptive_radius(vae.encoder, 3, probe=16), align=8)
+    decoder_context = context_for(receptive_radius(vae.decoder, 4, probe=4))
+    image = _photo(256, 320)
+    with torch.inference_mode():
+        hidden = vae.encoder(image)
+        latent = vae.quant_conv(hidden)[:, :4]
+        decoded = vae.decoder(latent)
+    enc = tiled_vae(vae.encoder, vae.encoder, image, scale=Fraction(1, 8), tile=64, overlap=16, context=encoder_context, mode="exact")
+    dec = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=decoder_context, mode="exact", align=1)
+    assert (enc - hidden).abs().max() <= 1e-4
+    assert (dec - decoded).abs().max() <= 1e-4
+    # the old fixed 64 px context was not enough at this depth
+    old = tiled_vae(vae.decoder, vae.decoder, latent, scale=Fraction(8), tile=8, overlap=2, context=8, mode="exact", align=1)
+    assert (old - decoded).abs().max() > 1e-3
+
+
+def test_the_unet_is_tiled_only_when_its_latent_does_not_fit() -> None:
+    base = RunOptions(scale=4, color_fix="none", knob_steps=1, seed=None, encode="mean", memory_budget=12e9)
+    cpu = torch.device("cpu")
+    wide = TilePlan.decide(512, 1024, base, vae_bytes=4, device=cpu, contexts=(64, 8))
+    assert wide.latent_tile >= 128  # a 1024 x 512 output: 128 x 64 latent, one tile
+    small = RunOptions(**{**base.__dict__, "memory_budget": 64 * 64 * 64 * 1024})
+    tight = TilePlan.decide(1024, 1024, small, vae_bytes=4, device=cpu, contexts=(64, 8))
+    assert tight.latent_tile == 64 and tight.latent_tile < 128

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,8 @@ from torch import nn
 from ..colorfix import ColorFix
 from ..errors import InvalidInputError
 from ..tiling import TilingMode, plan_tiles
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["RunOptions", "TilePlan", "default_memory_budget", "VAE_BYTES_PER_PIXEL", "run_in_fp32"]
 
@@ -67,6 +70,9 @@ class TilePlan:
     """Image pixels per VAE tile side (encoder input, decoder output); a multiple of 64."""
     vae_overlap: int
     vae_context: int
+    """Image pixels of real image around each encoder tile (covers the encoder's receptive radius)."""
+    decoder_context: int
+    """Latent pixels around each decoder tile (covers the decoder's receptive radius)."""
     vae_sample_tiles: int
     """fast mode: how many tiles run in lockstep to measure the GroupNorm statistics (all that fit)."""
     latent_tile: int
@@ -76,24 +82,41 @@ class TilePlan:
     @classmethod
     def untiled(cls) -> TilePlan:
         big = 1 << 30
-        return cls("off", big, 0, 0, 1, big, 0, 1)
+        return cls("off", big, 0, 0, 0, 1, big, 0, 1)
 
     @classmethod
-    def decide(cls, height: int, width: int, options: RunOptions, *, vae_bytes: int, device: torch.device) -> TilePlan:
+    def decide(cls, height: int, width: int, options: RunOptions, *, vae_bytes: int, device: torch.device,
+               contexts: tuple[int, int], latent_scale: int = 8) -> TilePlan:
         """Plan for an image of ``height`` x ``width`` pixels (multiples of 8).
 
+        ``contexts``: (encoder context in image pixels, decoder context in latent pixels), from the
+        VAE's measured receptive radius (:mod:`ctsr_infer.receptive`), so ``exact`` tiles equal the
+        untiled VAE up to float rounding.
         ``auto``: the VAE runs untiled when the whole image fits the budget; otherwise with the
         largest tile (a multiple of 64) of which four fit at once, in ``exact`` mode when every tile
-        fits at once and ``fast`` mode (statistics from as many tiles as fit) when not."""
+        fits at once and ``fast`` mode (statistics from as many tiles as fit) when not. The UNet
+        (``tile`` not given) runs untiled when its whole latent fits the budget, else in the largest
+        tiles that fit, and says so at INFO level."""
         budget = options.memory_budget or default_memory_budget(device)
-        latent_tile = options.tile or 96
+        latent_h, latent_w = -(-height // latent_scale), -(-width // latent_scale)
+        if options.tile:
+            latent_tile = options.tile
+        elif latent_h * latent_w * UNET_BYTES_PER_LATENT_PIXEL <= budget or options.tiling == "off":
+            latent_tile = max(latent_h, latent_w, 16)
+        else:
+            latent_tile = max(16, int(math.sqrt(budget / UNET_BYTES_PER_LATENT_PIXEL)) // 8 * 8)
+            logger.info("the latent (%dx%d) does not fit the memory budget (%.1f GB): the UNet runs in %d px tiles",
+                        latent_w, latent_h, budget / 1e9, latent_tile)
         latent_overlap = 32 if options.tile_overlap is None else options.tile_overlap
+        if not options.tile and latent_tile >= max(latent_h, latent_w):
+            latent_overlap = min(latent_overlap, latent_tile - 1)
         if latent_tile < 16 or not 0 <= latent_overlap < latent_tile:
             raise InvalidInputError(f"`tile` must be >= 16 latent pixels and `tile_overlap` in [0, tile), got {latent_tile}, {latent_overlap}.")
         if options.tiling == "off":
             return cls.untiled()
         bytes_per_pixel = VAE_BYTES_PER_PIXEL * vae_bytes / 4
-        context = 64
+        encoder_context, decoder_context = contexts
+        context = max(encoder_context, decoder_context * latent_scale)
         if options.vae_tile:
             vae_tile = options.vae_tile
         else:
@@ -116,7 +139,10 @@ class TilePlan:
         # fast asked for by name keeps memory at its minimum (4 statistics tiles); chosen by auto it
         # samples as many tiles as the budget holds
         sample = 4 if options.tiling == "fast" else max(4, min(fit, total))
-        return cls(vae_mode, vae_tile, vae_overlap, context, sample, latent_tile, latent_overlap, batch)
+        if vae_mode != "off":
+            logger.info("the VAE runs in %s tiles of %d px (context %d px encoder, %d latent px decoder)",
+                        vae_mode, vae_tile, encoder_context, decoder_context)
+        return cls(vae_mode, vae_tile, vae_overlap, encoder_context, decoder_context, sample, latent_tile, latent_overlap, batch)
 
 
 @contextmanager

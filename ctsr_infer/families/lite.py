@@ -25,6 +25,7 @@ from ..device import Placement, check_finite
 from ..errors import IncompatibleWeightsError, KnobError
 from ..image import resize_bicubic
 from ..progress import ProgressCallback, emit
+from ..receptive import context_for, receptive_radius
 from ..tiling import tiled_apply
 from .base import RunOptions, run_in_fp32
 
@@ -88,16 +89,20 @@ class LiteStudent:
     family = "lite"
     batchable = True
     """``forward`` takes N > 1 images of one size (the batch runner stacks small equal-size images)."""
-    options: tuple[str, ...] = ("tile", "tile_overlap")
-    """The family-specific options this family reads (input tile and its overlap, in input pixels)."""
+    options: tuple[str, ...] = ("tiling", "tile", "tile_overlap")
+    """The family-specific options this family reads (``tiling`` auto/off, input tile and its overlap, in input pixels)."""
+    min_tile = 16
+    """Smallest input tile (pixels)."""
+    tiling_modes = ("auto", "off")
+    """``exact``/``fast`` are VAE tiling modes; this family has no VAE."""
     tile = 272
     """Input tile size (pixels) for large images. 272 = 256 + 2 x overlap: a 512² input goes in 2 x 2
     tiles instead of 3 x 3, and this network's cost per pixel rises on larger tiles (cache): 1.05 s
     instead of 2.26 s for 512² on a 2-core CPU, 7.0 instead of 7.4 s for 1024²."""
     overlap = 8
     context = 24
-    """Pixels of real image around each tile: at least the network's receptive radius (19 px for
-    8 blocks), so tiling does not change the result."""
+    """Pixels of real image around each tile; set at load to cover the network's measured receptive
+    radius (19 px for 8 blocks, 35 for 16), so tiling does not change the result."""
 
     def __init__(self, student: StudentFile, placement: Placement) -> None:
         self.meta = student.meta
@@ -118,10 +123,12 @@ class LiteStudent:
                 raise IncompatibleWeightsError(f"lite student tensor `net.{key}` has shape {tuple(value.shape)}, expected {tuple(expected)}.")
         self.net.load_state_dict({k: v.float() for k, v in state.items()})
         self.placement = placement
-        self.net = placement.place(self.net.eval().requires_grad_(False))
+        net = self.net.eval().requires_grad_(False)
+        self.context = context_for(receptive_radius(net, 3, probe=16, call=lambda x: net(x, torch.zeros(1))), align=8)
+        self.net = placement.place(net)
 
     def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None, tile: int | None = None,
-             overlap: int | None = None) -> torch.Tensor:
+             overlap: int | None = None, tiling: str = "auto") -> torch.Tensor:
         device, dtype = self.placement.device, self.placement.dtype
 
         def network(piece: torch.Tensor) -> torch.Tensor:
@@ -131,8 +138,9 @@ class LiteStudent:
         def on_tile(done: int, total: int) -> None:
             emit(on_progress, "network", done, total)
 
-        return tiled_apply(network, x, tile=tile or self.tile, overlap=self.overlap if overlap is None else overlap,
-                           scale=self.net.scale, context=self.context, on_tile=on_tile)
+        tile = max(x.shape[-2:]) if tiling == "off" else tile or self.tile
+        overlap = self.overlap if overlap is None else overlap
+        return tiled_apply(network, x, tile=tile, overlap=min(overlap, tile - 1), scale=self.net.scale, context=self.context, on_tile=on_tile)
 
     @torch.inference_mode()
     def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
@@ -145,7 +153,7 @@ class LiteStudent:
         references: list[torch.Tensor | None] = [None] * lr.shape[0]
         for t in values:
             emit(on_progress, "network", 0, 1)
-            out = self._run(lr, t, on_progress, options.tile, options.tile_overlap)
+            out = self._run(lr, t, on_progress, options.tile, options.tile_overlap, options.tiling)
             check_finite(out, "the network output")
             frames = []
             for index, frame in enumerate(out.clamp(0.0, 1.0)):

@@ -38,6 +38,7 @@ from ..device import Placement, check_finite
 from ..errors import IncompatibleWeightsError, InvalidInputError, KnobError
 from ..image import resize_bicubic
 from ..progress import ProgressCallback, emit
+from ..receptive import context_for, receptive_radius
 from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from .base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
 from .sd_onestep import pad_to_multiple
@@ -105,6 +106,9 @@ class ResShiftModel:
         self.placement = placement
         self.net = placement.place(self.net.eval().requires_grad_(False))
         self.vq = placement.place(self.vq, placement.vae_dtype)
+        self.vq_contexts = (context_for(receptive_radius(self.vq.encoder, 3, probe=16), align=SCALE),
+                            context_for(receptive_radius(self.vq.decoder, int(self.vq.post_quant_conv.out_channels), probe=4)))
+        """Tile context of the VQ encoder (image px) and decoder (latent px), from their receptive radius."""
 
     # -- the runtime path --------------------------------------------------------------------
 
@@ -160,7 +164,8 @@ class ResShiftModel:
         weights = sum(p.numel() * p.element_size() for m in (self.net, self.vq) for p in m.parameters())
         budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights - 48 * height * width
         return TilePlan.decide(height, width, replace(options, tile=tile, tile_overlap=min(overlap, tile - multiple), memory_budget=max(budget, 1e8)),
-                               vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device)
+                               vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device,
+                               contexts=self.vq_contexts, latent_scale=SCALE)
 
     def encode(self, image: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
         """(1, 3, H, W) in [-1, 1] -> z (1, 3, H/4, W/4) float32 (quant_conv applied, not quantised)."""
@@ -184,7 +189,7 @@ class ResShiftModel:
 
         def run(tile: int) -> torch.Tensor:
             return tiled_vae(lambda x: vq.decoder(self.placement.prepare(x, dtype)), vq.decoder, hidden, scale=Fraction(SCALE), tile=max(1, tile // SCALE),
-                             overlap=plan.vae_overlap // SCALE, context=plan.vae_context // SCALE, mode=plan.vae_mode, align=1,
+                             overlap=plan.vae_overlap // SCALE, context=plan.decoder_context, mode=plan.vae_mode, align=1,
                              sample_tiles=plan.vae_sample_tiles, on_tile=lambda d, n: emit(on_progress, "decode", d, n))
 
         return with_oom_retry(run, tile=plan.vae_tile, floor=64, what="the VQ decoder", flag="--vae-tile").float().clamp(-1.0, 1.0)

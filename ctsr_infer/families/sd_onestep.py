@@ -33,6 +33,7 @@ from ..checkpoints import StudentFile
 from ..colorfix import color_fix
 from ..device import Placement, check_finite
 from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError, require
+from ..receptive import context_for, receptive_radius
 from ..image import resize_bicubic
 from ..lora import fuse, lora_delta
 from ..progress import ProgressCallback, emit
@@ -139,6 +140,8 @@ class SDOneStep:
     family = "sd-onestep"
     options = ("knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget")
     """The family-specific options this family reads."""
+    min_tile = 16
+    """Smallest UNet tile (latent pixels)."""
 
     def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
         self.meta = student.meta
@@ -176,6 +179,10 @@ class SDOneStep:
         # nn.Module.to, not diffusers' override: it warns about casting, and fusing was done in fp32 on purpose
         self.unet = placement.place(unet)
         self.vae = placement.place(vae, placement.vae_dtype)
+        latent_channels = int(vae.config.latent_channels)  # type: ignore[attr-defined]
+        self.vae_contexts = (context_for(receptive_radius(vae.encoder, 3, probe=16), align=8),
+                             context_for(receptive_radius(vae.decoder, latent_channels, probe=4)))
+        """Tile context of the encoder (image px) and the decoder (latent px), from their receptive radius."""
         for part in self._decoder_parts():
             placement.place(part, placement.decoder_dtype)
         self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
@@ -287,7 +294,8 @@ class SDOneStep:
         weights = sum(p.numel() * p.element_size() for m in (self.unet, self.vae) for p in m.parameters())
         budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights - FULL_RES_BYTES_PER_PIXEL * height * width
         return TilePlan.decide(height, width, replace(options, memory_budget=max(budget, 1e8)),
-                               vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device)
+                               vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device,
+                               contexts=self.vae_contexts)
 
     def encode(self, image: torch.Tensor, *, generator: torch.Generator | None = None, mode: str = "mean",
                plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
@@ -351,7 +359,7 @@ class SDOneStep:
                 return vae.decoder(self.placement.prepare(x, dtype))
 
             return tiled_vae(decoder, vae.decoder, z, scale=Fraction(8), tile=max(1, tile // 8), overlap=plan.vae_overlap // 8,
-                             context=plan.vae_context // 8, mode=plan.vae_mode, align=1, sample_tiles=plan.vae_sample_tiles,
+                             context=plan.decoder_context, mode=plan.vae_mode, align=1, sample_tiles=plan.vae_sample_tiles,
                              on_tile=lambda d, n: emit(on_progress, "decode", d, n))
 
         image = with_oom_retry(run, tile=plan.vae_tile, floor=64, what="the VAE decoder", flag="--vae-tile")

