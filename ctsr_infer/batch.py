@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
+from .animation import Animation, is_animated, read_animation, write_animation
 from .encoding import check_encoding, read_comment, write_image
 from .image import IMAGE_EXTENSIONS, read_image
 from .progress import ProgressCallback, emit
@@ -23,8 +24,8 @@ __all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "check_plan", "run_ba
 
 logger = logging.getLogger(__name__)
 Status = Literal["ok", "skipped", "failed"]
-OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff")
-_FORMAT_OF = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "gif")
+_FORMAT_OF = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".gif": "gif"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,19 @@ class BatchReport:
 
 _Entry = BatchItem | tuple[Job, float, Future]
 """A file of a chunk: its final BatchItem, or its write in flight (job, start time, future)."""
+
+
+@dataclass(frozen=True)
+class _Animated:
+    """An animation's upscaled frames: ``frames[i]`` holds frame i's output per t."""
+
+    source: Animation
+    frames: list[list[Any]]
+
+
+def _read_input(path: Path) -> Any:
+    """An :class:`Animation` for an animated GIF/APNG/WebP, else the :class:`ImageData` of the file."""
+    return read_animation(path) if is_animated(path) else read_image(path)
 
 
 def _settings_differ(path: Path, stamp: dict[str, Any] | None) -> str:
@@ -302,7 +316,13 @@ def run_batch(
         todo[job] = needed
         return None
 
-    def write(results: list[Any], job: Job) -> None:
+    def write(results: list[Any] | _Animated, job: Job) -> None:
+        if isinstance(results, _Animated):
+            for index, (path, comment, needed) in enumerate(zip(job.outputs, comments, todo[job], strict=True)):
+                if needed:
+                    frames = [per_frame[index] for per_frame in results.frames]
+                    write_animation(results.source, frames, path, overwrite=overwrite, comment=comment, **encoding)
+            return
         for result, path, comment, needed in zip(results, job.outputs, comments, todo[job], strict=True):
             if needed:  # overwrite=False: an output that appeared meanwhile is an error, never silently kept
                 write_image(result, path, overwrite=overwrite, comment=comment, **encoding)
@@ -311,8 +331,17 @@ def run_batch(
         logger.debug("failed on %s", job.source, exc_info=exc)
         return BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
 
-    def compute(group: list[Any]) -> list[list[Any] | BaseException]:
-        """One network call for the group when it can share one; one call per file otherwise or on failure."""
+    def compute(group: list[Any]) -> list[list[Any] | _Animated | BaseException]:
+        """One network call for the group when it can share one; one call per file otherwise or on failure.
+        An animation is a group of its own: its frames run one by one."""
+        if isinstance(group[0], Animation):
+            try:
+                return [_Animated(group[0], [upscaler.process(frame, t=t_arg, on_progress=on_progress, **options)
+                                             for frame in group[0].frames])]
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported with the file
+                return [exc]
         if len(group) > 1:
             try:
                 return list(upscaler.process_batch(group, t=t_arg, on_progress=on_progress, **options))
@@ -366,7 +395,7 @@ def run_batch(
         def read(chunk_index: int) -> list[Future[Any] | BatchItem]:
             if chunk_index >= len(chunks):
                 return []
-            return [triage(job) or io_call(read_image, job.source) for job in chunks[chunk_index]]
+            return [triage(job) or io_call(_read_input, job.source) for job in chunks[chunk_index]]
 
         def run_all() -> None:
             upcoming = read(0)
@@ -391,7 +420,8 @@ def run_batch(
                 upcoming = read(chunk_index + 1)
                 groups: dict[Any, list[int]] = {}
                 for index, data in loaded.items():
-                    groups.setdefault((data.size, data.bit_depth), []).append(index)
+                    key = ("animation", index) if isinstance(data, Animation) else (data.size, data.bit_depth)
+                    groups.setdefault(key, []).append(index)
                 outputs: dict[int, list[Any] | BaseException] = {}
                 for members in groups.values():
                     outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))

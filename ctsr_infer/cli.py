@@ -275,6 +275,8 @@ def sweep(
     from .sheet import contact_sheet
 
     ts = _parse_t(t) or []
+    if source.is_dir():
+        raise InvalidInputError(f"`ctsr sweep` takes one image, and `{source}` is a folder; name one image file in it.")
     if output.exists() and not overwrite:
         err.print(f"[red]error:[/] `{output}` exists; pass --overwrite to replace it.")
         raise typer.Exit(EXIT_USAGE)

@@ -146,6 +146,9 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
         with Image.open(path) as image:
             if image.format == "PNG":
                 return image.text.get(STAMP_KEY)  # type: ignore[attr-defined]
+            if image.format == "GIF":
+                raw = image.info.get("comment")
+                return raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
             if image.format in ("JPEG", "WEBP"):
                 raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
                 if isinstance(raw, bytes):

@@ -68,7 +68,7 @@ def _record_hash(model_id: str, filename: str, digest: str) -> None:
     logger.warning("recorded sha256 %s for %s/%s (trust on first use; later loads verify it)", digest, model_id, filename)
 
 
-def resolve_base(spec: BaseSpec, *, offline: bool | None = None) -> Path:
+def resolve_base(spec: BaseSpec, *, offline: bool | None = None, for_model: str | None = None) -> Path:
     """Return a local folder (diffusers layout) for the base model, trying each source in order."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -87,13 +87,30 @@ def resolve_base(spec: BaseSpec, *, offline: bool | None = None) -> Path:
             folder = snapshot_download(repo_id, revision=revision, allow_patterns=list(spec.allow_patterns) or None, local_files_only=offline)
             return Path(folder)
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-            tried.append(f"{repo_id}@{revision} ({type(exc).__name__})")
+            tried.append(f"{repo_id}@{revision} ({_cause(exc, offline=offline)})")
             logger.info("base source %s@%s failed: %s", repo_id, revision, exc)
     mode = " in offline mode" if offline else ""
+    command = f"`ctsr models download {for_model}`" if for_model else "`ctsr models download MODEL`"
     raise WeightsNotFoundError(
         f"base model `{spec.id}` could not be found{mode}; tried: {'; '.join(tried)}. Download it on a "
-        "machine with network (`ctsr models download <id>`), or pass `base=` a local diffusers folder."
+        f"machine with network ({command}), or give a local diffusers folder with --base DIR (Python: `base=`)."
     )
+
+
+def _cause(exc: BaseException, *, offline: bool) -> str:
+    """The real reason a hub source failed, in a few words (offline, DNS/connection, HTTP status)."""
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError):
+        if offline:
+            return "not in the local cache, and offline mode is on (CTSR_OFFLINE / HF_HUB_OFFLINE)"
+        cause = exc.__cause__ or exc.__context__
+        return f"not in the local cache, and the hub is unreachable ({type(cause).__name__ if cause else 'no connection'}: DNS or network)"
+    if isinstance(exc, HfHubHTTPError):
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        return f"HTTP {status}" + (" (not found)" if status == 404 else "")
+    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _download_dir(model_id: str) -> Path:
@@ -230,7 +247,7 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
     ``base_dir`` overrides the manifest's base sources (a local diffusers folder).
     """
     if base_dir is None and spec.base is not None:
-        base_dir = resolve_base(spec.base, offline=offline)
+        base_dir = resolve_base(spec.base, offline=offline, for_model=spec.id)
     if spec.file.format == "ctsr-student":
         return fetch_file(spec, offline=offline, on_progress=on_progress), base_dir
     target = converted_path(spec)
@@ -287,7 +304,8 @@ def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *,
                                    provenance={"model": spec.id, "source_sha256": source_sha})
         return save_student(student, target)
     if base_dir is None:
-        raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; pass `base=`.")
+        raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; give a local "
+                                       "diffusers folder with --base DIR (Python: `base=`).")
     from .families.sd_onestep import encode_prompt
 
     source = spec.base.sources[0] if spec.base else {"path": str(base_dir)}

@@ -393,9 +393,9 @@ def _family_model(student: StudentFile, placement: Placement, name: str, base_di
         if "path" in reference:
             base_dir = Path(reference["path"])
         elif "repo_id" in reference:
-            base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)))
+            base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)), for_model=name)
         else:
-            raise IncompatibleWeightsError(f"`{name}` names no base model; pass `base=` a diffusers folder.")
+            raise IncompatibleWeightsError(f"`{name}` names no base model; give a diffusers folder with --base DIR (Python: `base=`).")
     return _build(student, base_dir, placement)
 
 

@@ -91,7 +91,8 @@ def load_base(base_dir: str | Path) -> tuple[nn.Module, nn.Module, torch.Tensor]
             raise WeightsNotFoundError(
                 f"base model folder `{base_dir}` has no `{sub}/config.json`; expected a diffusers layout "
                 "(unet/, vae/, scheduler/) such as a snapshot of stable-diffusion-2-1-base. Download it with "
-                "`ctsr models download <id>` or pass `base=` a folder that has it."
+                "`ctsr models download MODEL` (the model that needs it), or give a folder that has it with --base DIR "
+                "(Python: `base=`)."
             )
     unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet", torch_dtype=torch.float32)
     vae = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", torch_dtype=torch.float32)

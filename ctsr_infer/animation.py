@@ -1,0 +1,133 @@
+"""Animated inputs (GIF, APNG, animated WebP): every frame is upscaled; the timing is kept.
+
+An animated input is read as full frames (Pillow composites each frame onto the previous ones, so
+every frame stands alone) with each frame's duration, the loop count and each frame's disposal. It
+is written back animated when the output format can animate (GIF, PNG as APNG, WebP), else as one
+file per frame (``name_f0001.jpg``...). Multi-page TIFFs are documents, not animations: the reader
+takes their first page (:func:`ctsr_infer.image.read_image`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .atomic import atomic_write
+from .encoding import STAMP_KEY, output_format
+from .errors import ImageReadError
+from .image import ImageData, read_image, to_pil
+
+__all__ = ["Animation", "is_animated", "read_animation", "write_animation", "ANIMATED_FORMATS", "frame_paths"]
+
+logger = logging.getLogger(__name__)
+
+ANIMATED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})
+"""Output formats that hold an animation (PNG as APNG)."""
+
+
+@dataclass
+class Animation:
+    """The frames of an animated image and their timing."""
+
+    frames: list[ImageData]
+    durations: list[int]
+    """Milliseconds each frame shows."""
+    loop: int = 0
+    """0: forever; n: n more times."""
+    disposals: list[int] = field(default_factory=list)
+    """Per frame, as the source format numbers them (empty when the source has none)."""
+    source_format: str = "GIF"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.frames[0].size
+
+    @property
+    def bit_depth(self) -> int:
+        return self.frames[0].bit_depth
+
+
+def is_animated(path: str | os.PathLike[str]) -> bool:
+    """True for a GIF, APNG or WebP file with more than one frame (False for anything unreadable)."""
+    try:
+        with Image.open(path) as handle:
+            return handle.format in ANIMATED_FORMATS and getattr(handle, "n_frames", 1) > 1
+    except Exception:  # noqa: BLE001 - the normal reader reports unreadable files
+        return False
+
+
+def read_animation(path: str | os.PathLike[str]) -> Animation:
+    """Every frame of an animated GIF/APNG/WebP as full RGBA (or RGB) frames, with their timing."""
+    path = Path(path)
+    frames: list[ImageData] = []
+    durations: list[int] = []
+    disposals: list[int] = []
+    try:
+        with Image.open(path) as handle:
+            fmt = handle.format or "GIF"
+            loop = int(handle.info.get("loop", 0) or 0)
+            for index in range(handle.n_frames):
+                handle.seek(index)
+                handle.load()  # WebP sets a frame's duration when it is decoded
+                durations.append(int(handle.info.get("duration", 100) or 100))
+                disposal = getattr(handle, "disposal_method", None) if fmt == "GIF" else handle.info.get("disposal")
+                if disposal is not None:
+                    disposals.append(int(disposal))
+                frame = handle.convert("RGBA") if handle.mode in ("P", "PA", "RGBA", "LA") or "transparency" in handle.info else handle.convert("RGB")
+                frames.append(read_image(frame.copy()))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageReadError(f"`{path}` is a corrupt or truncated animation ({exc}).") from exc
+    if len(disposals) != len(frames):
+        disposals = []
+    return Animation(frames, durations, loop, disposals, fmt)
+
+
+def frame_paths(path: Path, count: int) -> list[Path]:
+    """Where the frames go when the output format cannot animate: ``name_f0001.ext``..."""
+    return [path.with_name(f"{path.stem}_f{index + 1:04d}{path.suffix}") for index in range(count)]
+
+
+def write_animation(animation: Animation, frames: list[ImageData], path: Path, *, overwrite: bool, comment: str | None,
+                    **encoding: object) -> list[Path]:
+    """Write the upscaled ``frames`` with ``animation``'s timing to ``path`` (animated) when its
+    format can animate, else one file per frame (:func:`frame_paths`); atomically, never replacing
+    a file unless ``overwrite``. Returns the paths written."""
+    from .encoding import write_image
+
+    fmt = output_format(path)
+    if fmt not in ANIMATED_FORMATS:
+        logger.warning("%s cannot hold an animation: writing its %d frames as separate files", fmt, len(frames))
+        return [write_image(frame, target, overwrite=overwrite, comment=comment, **encoding)  # type: ignore[arg-type]
+                for frame, target in zip(frames, frame_paths(path, len(frames)), strict=True)]
+    images = [to_pil(frame) for frame in frames]
+    if fmt == "GIF":
+        images = [image.convert("RGBA").quantize(256) if image.mode == "RGBA" else image.convert("RGB").quantize(256) for image in images]
+    options: dict[str, object] = {"save_all": True, "append_images": images[1:], "duration": animation.durations,
+                                  "loop": animation.loop}
+    if animation.disposals and fmt in ("GIF", "PNG") and fmt == animation.source_format:
+        options["disposal"] = animation.disposals
+    if comment:
+        if fmt == "GIF":
+            options["comment"] = comment
+        elif fmt == "PNG":
+            from PIL.PngImagePlugin import PngInfo
+
+            info = PngInfo()
+            info.add_text(STAMP_KEY, comment)
+            options["pnginfo"] = info
+        else:
+            exif = Image.Exif()
+            exif.get_ifd(0x8769)[0x9286] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
+            options["exif"] = exif.tobytes()
+    if fmt == "WEBP":
+        options["lossless"] = encoding.get("quality") is None
+        if encoding.get("quality") is not None:
+            options["quality"] = encoding["quality"]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format=fmt, **options)  # type: ignore[arg-type]
+    return [atomic_write(path, buffer.getvalue(), overwrite=overwrite)]
