@@ -298,10 +298,16 @@ def read_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "Unsupported" in line or "GLOBAL" in line
+                       or "load key" in line), str(exc).splitlines()[0] if str(exc) else "")
+        with path.open("rb") as handle:
+            head = handle.read(2)
+        if not (head[:1] == b"\x80" or head == b"PK"):  # neither a pickle (PROTO opcode) nor torch's zip format
+            raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint (not a pickle: {detail}).") from None
         raise UnsafeCheckpointError(
             f"refused to load `{path}`: it asks for something other than tensors, containers and "
-            f"primitives, which could run code. Only load checkpoints you trust; details: {exc}"
-        ) from exc
+            f"primitives, which could run code. Only load checkpoints you trust; details: {detail}"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint ({exc}).") from exc
     _check_plain(data, f"`{path}`")

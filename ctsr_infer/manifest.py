@@ -237,7 +237,20 @@ def load_manifest() -> Manifest:
     """The shipped manifest (inside the package; at the repository root in a source checkout) plus
     the user's imported models."""
     user_path = user_registry_path()
-    user = json.loads(user_path.read_text(encoding="utf-8")) if user_path.is_file() else None
+    user = None
+    if user_path.is_file():
+        try:
+            user = json.loads(user_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise IncompatibleWeightsError(
+                f"the registry of imported models `{user_path}` is not valid JSON ({exc}); fix it, or move it away "
+                "(its models are then forgotten, their files stay in the cache)."
+            ) from None
+        if not isinstance(user, dict):
+            raise IncompatibleWeightsError(
+                f"the registry of imported models `{user_path}` must be a JSON object of model id -> entry, "
+                f"got a {type(user).__name__}; fix it or move it away."
+            )
     return parse_manifest(_shipped(), user_models=user)
 
 
