@@ -11,6 +11,20 @@ import torch
 from tiny import prompt_embeds, write_base, write_osediff_pkl, write_text_encoder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory):
+    """Session fixtures (tiny models built once) see a private, offline CTSR_HOME from the start too."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("session-home")
+    patch.setenv("CTSR_HOME", str(home / "ctsr-home"))
+    patch.setenv("CTSR_OFFLINE", "1")
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_HOME", str(home / "hf-home"))
+    patch.setenv("CTSR_CPU_FAST", "0")
+    yield
+    patch.undo()
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Offline, a private cache, seeded RNGs, and no sockets: tests never touch the network."""

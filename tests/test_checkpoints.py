@@ -54,16 +54,19 @@ def test_student_file_round_trip(tmp_path: Path, osediff_pkl: Path) -> None:
 
 
 class _RunsCode:
+    marker = "ctsr-pwned"
+
     def __reduce__(self):  # what a malicious checkpoint does: call os.system on load
-        return (os.system, ("echo pwned > /tmp/ctsr-pwned",))
+        return (os.system, (f"echo pwned > {self.marker}",))
 
 
-def test_unpickler_refuses_a_pickle_that_would_run_code(tmp_path: Path) -> None:
+def test_unpickler_refuses_a_pickle_that_would_run_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_RunsCode, "marker", str(tmp_path / "ctsr-pwned"))
     path = tmp_path / "evil.pkl"
     torch.save({"rank_unet": 4, "payload": _RunsCode()}, path)
     with pytest.raises(UnsafeCheckpointError, match="refused"):
         read_pickled_checkpoint(path)
-    assert not Path("/tmp/ctsr-pwned").exists()
+    assert not (tmp_path / "ctsr-pwned").exists()
     plain = tmp_path / "plain.pkl"
     with plain.open("wb") as handle:
         pickle.dump({"x": _RunsCode()}, handle)

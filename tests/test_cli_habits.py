@@ -144,3 +144,14 @@ def test_seed_with_mean_encoding_is_refused_in_the_api(upscaler) -> None:
     with pytest.raises(InvalidInputError, match="encode='sample'"):
         upscaler.upscale(np.zeros((8, 8, 3), np.uint8), seed=3, encode="mean")
     upscaler.upscale(np.zeros((8, 8, 3), np.uint8), seed=3, encode="sample", scale=1)
+
+
+def test_every_stage_reaches_its_total() -> None:
+    up = ctsr_infer.load("ctsr-lite", device="cpu", dtype="fp32")
+    events = []
+    up.upscale(np.zeros((300, 40, 3), np.uint8), on_progress=events.append)  # two tiles
+    last = {}
+    for event in events:
+        last[event.stage] = event
+    assert set(last) >= {"preprocess", "network"}
+    assert all(event.done == event.total for event in last.values()), last

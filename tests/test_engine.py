@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import free_port
 from torch import nn
 
 from ctsr_infer.errors import DeviceError, InvalidInputError
@@ -46,7 +47,7 @@ def test_two_processes_average_their_gradients(tmp_path: Path) -> None:
     half of every batch; the result equals one process on the whole batch."""
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                              str(Path(__file__).parent / "engine_worker.py"), str(out)], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import free_port
 import torch.nn.functional as F
 
 import ctsr_infer
@@ -132,7 +133,7 @@ def test_cli_under_torchrun_two_processes(teacher: Path, tmp_path: Path) -> None
         Image.fromarray((np.random.default_rng(seed).random((80, 80, 3)) * 255).astype(np.uint8)).save(photos / f"{seed}.png")
     (tmp_path / "c.toml").write_text("disc_embed = 32\ndisc_c_dim = 8\ngradient_accumulation_steps = 2\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                              "-m", "ctsr_infer.cli", "train", "tadsr", "--teacher", str(teacher), "--photos", str(photos),
                              "--out", str(tmp_path / "s.safetensors"), "--steps", "2", "--batch", "1", "--crop", "64",
                              "--config", str(tmp_path / "c.toml"), "--checkpoint", str(tmp_path / "ck.pt")],

@@ -262,3 +262,12 @@ def straight_and_resumed(make, batches, checkpoint: Path, *, steps: int = 1):
     assert resumed.step == steps
     resumed.train(batches, steps=steps)
     return straight, resumed
+
+
+def free_port() -> int:
+    """A TCP port on the loopback that is free now (the OS picks it), for tests that start servers."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
