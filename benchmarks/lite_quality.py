@@ -98,6 +98,7 @@ def realesrgan_torch():
 
 def evaluate(args: argparse.Namespace) -> dict:
     lite = ctsr_infer.load(args.model or "ctsr-lite", device="cpu")
+    fix = {"color_fix": args.color_fix} if args.color_fix else {}
     esrgan = realesrgan_torch()
     crops = held_out_crops(args.photos, args.crops)
     results: dict = {"model": args.model or "ctsr-lite (embedded)", "holdout": list(HOLDOUT), "crops": len(crops), "sets": {}}
@@ -114,7 +115,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 "lanczos": np.asarray(Image.fromarray(lr).resize(size, Image.Resampling.LANCZOS)),
                 "realesrgan-x4plus": esrgan(lr),
             }
-            for t, out in zip(TS, lite.sweep(lr, list(TS))):
+            for t, out in zip(TS, lite.sweep(lr, list(TS), **fix)):
                 outputs[f"ctsr-lite t={t:g}"] = out
             for method, out in outputs.items():
                 a, b = _f(out), _f(hr)
@@ -137,7 +138,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     for colour, rgb in FLAT.items():
         image = np.full((24, 24, 3), rgb, np.uint8)
         worst = 0
-        for out in lite.sweep(image, list(TS)):
+        for out in lite.sweep(image, list(TS), **fix):
             worst = max(worst, int(np.abs(out.astype(int) - np.array(rgb)).max()))
         flat[colour] = worst
     results["flat_max_level_error"] = flat
@@ -196,6 +197,7 @@ def main() -> None:
     parser.add_argument("--model", type=str, default=None, help="a lite student file (default: the embedded ctsr-lite)")
     parser.add_argument("--crops", type=int, default=3, help="256 px crops per held-out photo")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--color-fix", default=None, help="none, adain or wavelet (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lite.json"))
     parser.add_argument("--sheet", type=Path, default=Path("benchmarks/results/lite_sheet.png"))
     args = parser.parse_args()

@@ -93,6 +93,10 @@ class LiteStudent:
     """The family-specific options this family reads (``tiling`` auto/off, input tile and its overlap, in input pixels)."""
     min_tile = 16
     """Smallest input tile (pixels)."""
+    border = 8
+    """Input pixels replicated around the image before the network (cropped off after): the
+    convolutions' zero padding otherwise tints the outermost pixels (a flat colour came back up to 5
+    levels off at its edges; 1 level with this border), for 1.27x the work on a 128 px input."""
     tiling_modes = ("auto", "off")
     """``exact``/``fast`` are VAE tiling modes; this family has no VAE."""
     tile = 272
@@ -138,9 +142,12 @@ class LiteStudent:
         def on_tile(done: int, total: int) -> None:
             emit(on_progress, "network", done, total)
 
+        pad, scale = self.border, self.net.scale
+        x = F.pad(x, (pad,) * 4, mode="replicate")
         tile = max(x.shape[-2:]) if tiling == "off" else tile or self.tile
         overlap = self.overlap if overlap is None else overlap
-        return tiled_apply(network, x, tile=tile, overlap=min(overlap, tile - 1), scale=self.net.scale, context=self.context, on_tile=on_tile)
+        out = tiled_apply(network, x, tile=tile, overlap=min(overlap, tile - 1), scale=scale, context=self.context, on_tile=on_tile)
+        return out[..., pad * scale : out.shape[-2] - pad * scale, pad * scale : out.shape[-1] - pad * scale]
 
     @torch.inference_mode()
     def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
