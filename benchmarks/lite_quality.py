@@ -34,7 +34,7 @@ import ctsr_infer
 from ctsr_infer.metrics import psnr, ssim
 from ctsr_infer.sheet import contact_sheet
 from ctsr_infer.train.degradations import bicubic_degrade, degrade, mild_degrade
-from ctsr_infer.train.lite_gan import HOLDOUT, _load_photo
+from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION, _load_photo
 from ctsr_infer.train.teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
 TS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -58,10 +58,10 @@ def laplacian_energy(image: np.ndarray) -> float:
     return float(F.conv2d(y, kernel)[..., 4:-4, 4:-4].var())
 
 
-def held_out_crops(photos: Path, count: int, size: int = 256) -> list[tuple[str, np.ndarray]]:
-    files = sorted(p for p in photos.iterdir() if p.stem in HOLDOUT)
-    if len(files) != len(HOLDOUT):
-        raise SystemExit(f"expected the {len(HOLDOUT)} held-out photos {HOLDOUT} in {photos}; run scripts/fetch_photos.sh")
+def held_out_crops(photos: Path, count: int, size: int = 256, names: tuple[str, ...] = HOLDOUT) -> list[tuple[str, np.ndarray]]:
+    files = sorted(p for p in photos.iterdir() if p.stem in names)
+    if len(files) != len(names):
+        raise SystemExit(f"expected the {len(names)} photos {names} in {photos}; run scripts/fetch_photos.sh")
     crops = []
     for index, path in enumerate(files):
         image = _load_photo(path, 1024)
@@ -100,8 +100,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     lite = ctsr_infer.load(args.model or "ctsr-lite", device="cpu")
     fix = {"color_fix": args.color_fix} if args.color_fix else {}
     esrgan = realesrgan_torch()
-    crops = held_out_crops(args.photos, args.crops)
-    results: dict = {"model": args.model or "ctsr-lite (embedded)", "holdout": list(HOLDOUT), "crops": len(crops), "sets": {}}
+    names = VALIDATION if args.split == "validation" else HOLDOUT
+    crops = held_out_crops(args.photos, args.crops, names=names)
+    results: dict = {"model": args.model or "ctsr-lite (embedded)", "split": args.split, "photos": list(names), "crops": len(crops), "sets": {}}
     sheets = []
     for set_index, degradation in enumerate(SETS):
         scores: dict[str, list[dict[str, float]]] = {}
@@ -197,6 +198,8 @@ def main() -> None:
     parser.add_argument("--model", type=str, default=None, help="a lite student file (default: the embedded ctsr-lite)")
     parser.add_argument("--crops", type=int, default=3, help="256 px crops per held-out photo")
     parser.add_argument("--no-timing", action="store_true")
+    parser.add_argument("--split", choices=("holdout", "validation"), default="holdout",
+                        help="holdout: the 8 held-out photos; validation: the 3 validation photos (never used for any choice)")
     parser.add_argument("--color-fix", default=None, help="none, adain or wavelet (default: the model's)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/lite.json"))
     parser.add_argument("--sheet", type=Path, default=Path("benchmarks/results/lite_sheet.png"))
@@ -207,7 +210,7 @@ def main() -> None:
         results["timing"] = timing(args.model or "ctsr-lite", (256, 512, 1024), 3)
     results["threads"] = torch.get_num_threads()
     args.out.write_text(json.dumps(results, indent=2))
-    print(f"held-out: {results['crops']} crops of 256 px from {len(HOLDOUT)} photos, x4, PSNR-RGB (4 px border cropped)")
+    print(f"{args.split}: {results['crops']} crops of 256 px from {len(results['photos'])} photos, x4, PSNR-RGB / SSIM-RGB (4 px border cropped)")
     header = f"{'method':22}" + "".join(f"{s:>20}" for s in SETS)
     print(header)
     for method in results["sets"]["clean"]["methods"]:

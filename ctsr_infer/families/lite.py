@@ -163,7 +163,7 @@ class LiteStudent:
             out = self._run(lr, t, on_progress, options.tile, options.tile_overlap, options.tiling)
             check_finite(out, "the network output")
             frames = []
-            for index, frame in enumerate(out.clamp(0.0, 1.0)):
+            for index, frame in enumerate(out if options.color_fix != "none" else out.clamp(0.0, 1.0)):
                 frame = frame[None]
                 if tuple(frame.shape[-2:]) != size:
                     resized = resize_bicubic(frame[0].permute(1, 2, 0).numpy(), size, bit_depth=32)
@@ -172,7 +172,8 @@ class LiteStudent:
                     if references[index] is None:
                         low = lr[index].permute(1, 2, 0).numpy()
                         references[index] = torch.from_numpy(resize_bicubic(low, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
-                    frame = color_fix(frame, references[index], options.color_fix)
+                    # on the unclamped output: clamping first would bias the colour of saturated areas
+                    frame = color_fix(frame, references[index], options.color_fix).clamp(0.0, 1.0)
                 frames.append(frame)
             outputs.append(torch.cat(frames))
         return outputs
