@@ -39,17 +39,27 @@ def _adain(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 def _low_pass(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
-    kernel = torch.tensor([1.0, 2.0, 1.0], dtype=x.dtype, device=x.device)
-    kernel = (kernel[:, None] * kernel[None, :] / 16.0).expand(x.shape[1], 1, 3, 3).contiguous()
+    """Five a-trous passes of the 3x3 binomial kernel with replicate padding, computed separably with
+    shifted slices: the kernel is the outer product of [1, 2, 1] / 4 with itself, and replicate
+    padding clamps each axis on its own, so a horizontal then a vertical 3-tap pass equals the 3x3
+    pass to float rounding (and runs in a fraction of a dilated depthwise convolution's time on a CPU)."""
+    y = x
     for level in range(levels):
-        dilation = 2**level
-        pad_mode = "replicate"
-        x = F.conv2d(F.pad(x, (dilation,) * 4, mode=pad_mode), kernel, dilation=dilation, groups=x.shape[1])
-    return x
+        d = 2**level
+        for dim in (-1, -2):
+            size = y.shape[dim]
+            first, last = y.narrow(dim, 0, 1), y.narrow(dim, size - 1, 1)
+            padded = torch.cat([first.expand_as(y.narrow(dim, 0, d)) if size >= d else first.repeat_interleave(d, dim), y,
+                                last.expand_as(y.narrow(dim, 0, d)) if size >= d else last.repeat_interleave(d, dim)], dim=dim)
+            out = padded.narrow(dim, 0, size) * 0.25
+            out.add_(y, alpha=0.5).add_(padded.narrow(dim, 2 * d, size), alpha=0.25)
+            y = out
+    return y
 
 
 def _wavelet(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    return (x - _low_pass(x)) + _low_pass(ref)
+    # (x - low(x)) + low(ref) = x + low(ref - x): the low pass is linear, so one pass instead of two
+    return x + _low_pass(ref - x)
 
 
 def color_fix(image: torch.Tensor, reference: torch.Tensor, method: ColorFix) -> torch.Tensor:
