@@ -34,7 +34,8 @@ import ctsr_infer
 from ctsr_infer.metrics import psnr, ssim
 from ctsr_infer.sheet import contact_sheet
 from ctsr_infer.train.degradations import bicubic_degrade, degrade, mild_degrade
-from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION, _load_photo
+from ctsr_infer.train.lite import shrink_photo
+from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION
 from ctsr_infer.train.teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
 TS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -64,7 +65,7 @@ def held_out_crops(photos: Path, count: int, size: int = 256, names: tuple[str, 
         raise SystemExit(f"expected the {len(names)} photos {names} in {photos}; run scripts/fetch_photos.sh")
     crops = []
     for index, path in enumerate(files):
-        image = _load_photo(path, 1024)
+        image = shrink_photo(path, 1024)
         rng = np.random.default_rng(100 + index)
         for k in range(count):
             top = int(rng.integers(0, image.shape[0] - size + 1)) // 4 * 4

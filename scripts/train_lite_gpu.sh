@@ -19,10 +19,11 @@ python3 - "$pack/photos" <<'PY'
 import sys
 from pathlib import Path
 from PIL import Image
-from ctsr_infer.train.lite_gan import LiteGanConfig, _load_photo, training_files
+from ctsr_infer.train.lite import shrink_photo
+from ctsr_infer.train.lite_gan import LiteGanConfig, training_files
 cfg = LiteGanConfig(photos=Path("data/photos/raw"), work=Path(sys.argv[1]))
 for path in training_files(cfg):  # the training split only, shrunk to a 1024 px long side (13 MB)
-    Image.fromarray(_load_photo(path, 1024)).save(Path(sys.argv[1]) / f"{path.stem}.png")
+    Image.fromarray(shrink_photo(path, 1024)).save(Path(sys.argv[1]) / f"{path.stem}.png")
 PY
 models=$(python3 -c "from ctsr_infer.train.teachers import realesrgan_files; print(realesrgan_files()[0].parent)")
 cp "$models/realesrgan-x4plus.param" "$models/realesrgan-x4plus.bin" "$pack/teacher/"

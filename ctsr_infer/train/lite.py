@@ -61,7 +61,7 @@ from ..knob import Knob
 from .degradations import DegradationConfig, bicubic_degrade, degrade
 from .teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
-__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "load_hr", "prepare_pairs", "train_lite", "high_pass"]
+__all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "shrink_photo", "load_hr", "prepare_pairs", "train_lite", "high_pass"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +124,20 @@ def split_photos(photos: Path, holdout: tuple[str, ...]) -> tuple[list[Path], li
     return [p for p in files if p.stem not in holdout], held
 
 
-def load_hr(path: Path, long_side: int) -> torch.Tensor:
-    """(1, 3, H, W) in [0, 1], shrunk with Lanczos so the long side is at most ``long_side``, cropped to x4."""
+def shrink_photo(path: Path, long_side: int) -> np.ndarray:
+    """The photo as (H, W, 3) uint8, shrunk with Lanczos so the long side is at most ``long_side``
+    (shrinking also removes the wallpapers' JPEG artefacts)."""
     with Image.open(path) as handle:
         image = handle.convert("RGB")
     factor = long_side / max(image.size)
     if factor < 1:
         image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / 255.0
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_hr(path: Path, long_side: int) -> torch.Tensor:
+    """(1, 3, H, W) in [0, 1], shrunk with Lanczos so the long side is at most ``long_side``, cropped to x4."""
+    array = shrink_photo(path, long_side).astype(np.float32) / 255.0
     array = array[: array.shape[0] // 4 * 4, : array.shape[1] // 4 * 4]
     return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
 

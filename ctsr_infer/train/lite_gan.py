@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from ..checkpoints import StudentFile, StudentMeta, save_student
 from ..families.lite import LiteNet
 from ..knob import Knob
 from .degradations import DegradationConfig, MildConfig, bicubic_degrade, degrade, mild_degrade
+from .lite import shrink_photo
 from .teachers import RRDBNet, load_rrdbnet_from_ncnn, realesrgan_files
 
 __all__ = ["HOLDOUT", "VALIDATION", "Variant", "LiteGanConfig", "PairStream", "train_lite_gan", "export_student"]
@@ -121,15 +121,6 @@ class LiteGanConfig:
     mild: MildConfig = field(default_factory=MildConfig)
 
 
-def _load_photo(path: Path, long_side: int) -> np.ndarray:
-    with Image.open(path) as handle:
-        image = handle.convert("RGB")
-    factor = long_side / max(image.size)
-    if factor < 1:
-        image = image.resize((round(image.width * factor), round(image.height * factor)), Image.Resampling.LANCZOS)
-    return np.asarray(image, dtype=np.uint8)
-
-
 def training_files(cfg: LiteGanConfig) -> list[Path]:
     files = sorted(p for p in cfg.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
     kept = [p for p in files if p.stem not in cfg.holdout and p.stem not in cfg.validation]
@@ -145,7 +136,7 @@ class PairStream(torch.utils.data.IterableDataset):
     def __init__(self, cfg: LiteGanConfig, files: list[Path]) -> None:
         super().__init__()
         self.cfg = cfg
-        images = [_load_photo(path, side) for path in files for side in sorted(set(cfg.long_sides))]
+        images = [shrink_photo(path, side) for path in files for side in sorted(set(cfg.long_sides))]
         self.images = [image for image in images if min(image.shape[:2]) >= cfg.patch]
         if not self.images:
             raise FileNotFoundError(f"no training photo is at least {cfg.patch} px on its short side.")
