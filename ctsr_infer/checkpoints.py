@@ -266,21 +266,42 @@ def load_student(path: str | os.PathLike[str]) -> StudentFile:
     return student
 
 
+MAX_PICKLE_DEPTH = 64
+"""Deepest container nesting a checkpoint may have (real checkpoints nest a few levels)."""
+MAX_PICKLE_NODES = 2_000_000
+"""Most container entries the structural check visits (a checkpoint of 10,000 tensors has ~20,000)."""
+
+
 def _check_plain(value: Any, where: str) -> None:
-    """Refuse anything but tensors, containers and primitives, even among the allow-listed types."""
-    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str, bytes)):
-        return
-    if isinstance(value, Mapping):
-        for key, item in cast(Mapping[Any, Any], value).items():
-            if not isinstance(key, (str, int)):
-                raise UnsafeCheckpointError(f"{where}: dictionary key {key!r} is not a string or integer.")
-            _check_plain(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(cast(list[Any], value)):
-            _check_plain(item, f"{where}[{index}]")
-        return
-    raise UnsafeCheckpointError(f"{where}: an object of type {type(value).__name__} is not allowed in a checkpoint.")
+    """Refuse anything but tensors, containers and primitives, even among the allow-listed types.
+
+    Walks the object as a graph, iteratively, visiting each container once (a pickle can share one
+    list from many places, so a tree walk would take exponential time), with limits on depth and on
+    the number of entries: a hostile file ends in a clear error, never a hang or a RecursionError."""
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(value, where, 0)]
+    visited = 0
+    while stack:
+        item, place, depth = stack.pop()
+        if isinstance(item, torch.Tensor) or item is None or isinstance(item, (bool, int, float, str, bytes)):
+            continue
+        if not isinstance(item, (Mapping, list, tuple)):
+            raise UnsafeCheckpointError(f"{place}: an object of type {type(item).__name__} is not allowed in a checkpoint.")
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if depth >= MAX_PICKLE_DEPTH:
+            raise UnsafeCheckpointError(f"{place}: containers nested deeper than {MAX_PICKLE_DEPTH} levels; not a checkpoint.")
+        visited += len(item)
+        if visited > MAX_PICKLE_NODES:
+            raise UnsafeCheckpointError(f"{where}: more than {MAX_PICKLE_NODES:,} container entries; not a checkpoint.")
+        if isinstance(item, Mapping):
+            for key, child in cast(Mapping[Any, Any], item).items():
+                if not isinstance(key, (str, int)):
+                    raise UnsafeCheckpointError(f"{place}: dictionary key {key!r} is not a string or integer.")
+                stack.append((child, f"{place}[{key!r}]", depth + 1))
+        else:
+            stack.extend((child, f"{place}[{index}]", depth + 1) for index, child in enumerate(cast(list[Any], item)))
 
 
 def read_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
@@ -308,6 +329,8 @@ def read_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
             f"refused to load `{path}`: it asks for something other than tensors, containers and "
             f"primitives, which could run code. Only load checkpoints you trust; details: {detail}"
         ) from None
+    except RecursionError:
+        raise UnsafeCheckpointError(f"refused to load `{path}`: its objects are nested too deeply to be a checkpoint.") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint ({exc}).") from exc
     _check_plain(data, f"`{path}`")

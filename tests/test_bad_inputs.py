@@ -328,3 +328,26 @@ def test_two_processes_on_one_folder_never_corrupt_an_output(tmp_path: Path) -> 
     # every file is reported by both runs: ok by the one that wrote it, skipped or "exists" by the other
     text = b"".join(out for out, _ in outputs).decode()
     assert text.count("\nok\t") + text.startswith("ok\t") >= 6
+
+
+def test_hostile_pickle_structures_end_quickly(tmp_path: Path) -> None:
+    import time
+
+    shared: list = [torch.zeros(1)]
+    for _ in range(60):  # each level refers to the previous one twice: 2^60 paths for a tree walk, 2 KB on disk
+        shared = [shared, shared]
+    path = tmp_path / "shared.pth"
+    torch.save({"w": shared}, path)
+    assert path.stat().st_size < 4096
+    start = time.perf_counter()
+    read_pickled_checkpoint(path)  # plain data, visited once per container: no hang
+    assert time.perf_counter() - start < 5.0  # generous for a loaded CI machine; ~0.01 s here
+    deep: list = []
+    for _ in range(150):  # deeper than the limit (64); torch.save itself recurses, so not much deeper
+        deep = [deep]
+    path = tmp_path / "deep.pth"
+    torch.save({"w": deep}, path)
+    start = time.perf_counter()
+    with pytest.raises(ctsr_infer.UnsafeCheckpointError, match="nested deeper"):
+        read_pickled_checkpoint(path)
+    assert time.perf_counter() - start < 5.0
