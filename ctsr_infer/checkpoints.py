@@ -331,8 +331,9 @@ def read_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
         ) from None
     except RecursionError:
         raise UnsafeCheckpointError(f"refused to load `{path}`: its objects are nested too deeply to be a checkpoint.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint ({exc}).") from exc
+    except Exception as exc:  # noqa: BLE001 - torch.load fails on garbage in many ways (EOFError, AssertionError, ...)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint ({message}).") from None
     _check_plain(data, f"`{path}`")
     return data
 

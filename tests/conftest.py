@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 import socket
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,11 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     # dtype="auto" stays fp32 so exactness tests compare like with like on any CPU;
     # tests/test_speed_paths.py turns the CPU fast path on and checks it against the accuracy guard
     monkeypatch.setenv("CTSR_CPU_FAST", "0")
+    # temporary files (the library's and subprocesses') stay inside this test's tmp path
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)

@@ -83,7 +83,7 @@ IMAGES = [
     ("text.png", _write_bytes(b"hello, not an image"), "failed", "cannot read"),
     ("truncated.png", _write_bytes(_truncated("PNG")), "failed", "truncated"),
     ("truncated.jpg", _write_bytes(_truncated("JPEG")), "failed", "truncated"),
-    ("random.webp", _write_bytes(os.urandom(300)), "failed", "cannot read"),
+    ("random.webp", _write_bytes(b"RIFF" + np.random.default_rng(1).bytes(300)), "failed", "cannot read"),
     ("bomb.png", _write_bytes(_png_header(40000, 40000)), "failed", "decompression-bomb"),
     ("png_named.jpg", _save(_rgb, format="PNG"), "ok", ""),
     ("tiny.png", _save(lambda: _rgb((1, 1))), "ok", ""),
@@ -130,9 +130,14 @@ def _pickle_cases(tmp_path: Path) -> list[tuple[Path, type, str]]:
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": Evil()}, evil)
     cases.append((evil, ctsr_infer.UnsafeCheckpointError, "refused"))
+    rng = np.random.default_rng(0)
     garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(os.urandom(512))
+    garbage.write_bytes(b"\x00" + rng.bytes(511))
     cases.append((garbage, ctsr_infer.IncompatibleWeightsError, "not a readable torch checkpoint"))
+    for seed in range(20):  # garbage behind a pickle's PROTO opcode: refused or unreadable, never a traceback
+        noisy = tmp_path / f"noisy{seed}.pth"
+        noisy.write_bytes(b"\x80\x02" + np.random.default_rng(seed).bytes(300))
+        cases.append((noisy, ctsr_infer.CtsrError, ""))
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     cases.append((empty, ctsr_infer.IncompatibleWeightsError, "not a readable"))
@@ -149,7 +154,7 @@ def _pickle_cases(tmp_path: Path) -> list[tuple[Path, type, str]]:
 
 def test_pickles_are_refused_without_running_code(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     cases = _pickle_cases(tmp_path)
-    assert len(cases) == 6
+    assert len(cases) == 26
     for path, error, words in cases:
         before = path.read_bytes() if path.exists() else None
         with pytest.raises(error, match=words):
@@ -175,7 +180,7 @@ def _meta(**changes) -> str:
 
 
 STUDENTS = [
-    ("random bytes", lambda p: p.write_bytes(os.urandom(256)), "safetensors"),
+    ("random bytes", lambda p: p.write_bytes(np.random.default_rng(2).bytes(256)), "safetensors"),
     ("no ctsr.meta", lambda p: save_file(_lite_tensors(), str(p)), "ctsr.meta"),
     ("meta not JSON", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": "{oops"}), "malformed"),
     ("unknown family", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta(family="banana")}), "'banana' student"),
