@@ -56,16 +56,34 @@ def _low_pass(x: torch.Tensor, levels: int = 5) -> torch.Tensor:
     return y
 
 
-def _wavelet(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    # (x - low(x)) + low(ref) = x + low(ref - x): the low pass is linear, so one pass instead of two
-    return x + _low_pass(ref - x)
+LOW_PASS_REACH = sum(2**level for level in range(5))
+"""Rows of the five a-trous passes' reach (1 + 2 + 4 + 8 + 16 = 31): a strip computed with this many
+extra rows on each side equals the whole-image result on its own rows."""
 
 
-def color_fix(image: torch.Tensor, reference: torch.Tensor, method: ColorFix) -> torch.Tensor:
-    """Return ``image`` with the colour of ``reference``; both (N, 3, H, W) in [0, 1]; clamped."""
+def _wavelet(x: torch.Tensor, ref: torch.Tensor, *, strip: int = 256) -> torch.Tensor:
+    """(x - low(x)) + low(ref) = x + low(ref - x): the low pass is linear, so one pass instead of two,
+    computed in horizontal strips of ``strip`` rows (each with :data:`LOW_PASS_REACH` rows of halo) so a
+    large image needs strip-sized temporaries, not five image-sized ones; ``x`` is updated in place."""
+    height = x.shape[-2]
+    reach = LOW_PASS_REACH
+    difference = ref - x  # before x changes: every strip's halo must see the original rows
+    for top in range(0, height, strip):
+        bottom = min(height, top + strip)
+        lo, hi = max(0, top - reach), min(height, bottom + reach)
+        x[..., top:bottom, :] += _low_pass(difference[..., lo:hi, :])[..., top - lo : bottom - lo, :]
+    return x
+
+
+def color_fix(image: torch.Tensor, reference: torch.Tensor, method: ColorFix, *, inplace: bool = False) -> torch.Tensor:
+    """Return ``image`` with the colour of ``reference``; both (N, 3, H, W) in [0, 1]; clamped.
+    ``inplace``: a float32 ``image`` may be overwritten (saves an image-sized copy)."""
     if method == "none":
         return image
     compute = image.float()
     ref = reference.to(device=image.device, dtype=torch.float32)
-    out = _adain(compute, ref) if method == "adain" else _wavelet(compute, ref)
-    return out.clamp(0.0, 1.0).to(image.dtype)
+    if method == "adain":
+        out = _adain(compute, ref)
+    else:
+        out = _wavelet(compute.clone() if compute is image and not inplace else compute, ref)  # the caller's tensor stays
+    return out.clamp_(0.0, 1.0).to(image.dtype)

@@ -294,7 +294,7 @@ class Upscaler:
         # 2.-6. the family's network path (pre-upsample, encode, UNet, knob, decode, colour fix)
         outputs = self._forward_with_retry(lr, size, ts, run, progress)
         return [
-            [replace(data, pixels=out[index].permute(1, 2, 0).numpy().astype(np.float32), alpha=alpha) for out in outputs]
+            [replace(data, pixels=out[index].permute(1, 2, 0).numpy().astype(np.float32, copy=False), alpha=alpha) for out in outputs]
             for index, (data, alpha) in enumerate(zip(items, alphas, strict=True))
         ]
 

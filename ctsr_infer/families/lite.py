@@ -190,9 +190,9 @@ class LiteStudent:
                         low = lr[index].permute(1, 2, 0).numpy()
                         references[index] = torch.from_numpy(resize_bicubic(low, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
                     # on the unclamped output: clamping first would bias the colour of saturated areas
-                    frame = color_fix(frame, references[index], options.color_fix).clamp(0.0, 1.0)
+                    frame = color_fix(frame, references[index], options.color_fix, inplace=True)
                 frames.append(frame)
-            outputs.append(torch.cat(frames))
+            outputs.append(frames[0] if len(frames) == 1 else torch.cat(frames))
         return outputs
 
     @contextmanager
