@@ -2,8 +2,8 @@
 
 An animated input is read as full frames (Pillow composites each frame onto the previous ones, so
 every frame stands alone) with each frame's duration, the loop count and each frame's disposal. It
-is written back animated when the output format can animate (GIF, PNG as APNG, WebP), else as one
-file per frame (``name_f0001.jpg``...). Multi-page TIFFs are documents, not animations: the reader
+is written back animated; an output format that cannot animate (JPEG, TIFF, BMP) is refused for
+that file, since frames as separate files would be outputs the run's plan does not know about. Multi-page TIFFs are documents, not animations: the reader
 takes their first page (:func:`ctsr_infer.image.read_image`).
 """
 
@@ -19,10 +19,10 @@ from PIL import Image
 
 from .atomic import atomic_write
 from .encoding import STAMP_KEY, output_format
-from .errors import ImageReadError
+from .errors import ImageReadError, InvalidInputError
 from .image import ImageData, read_image, to_pil
 
-__all__ = ["Animation", "is_animated", "read_animation", "write_animation", "ANIMATED_FORMATS", "frame_paths"]
+__all__ = ["Animation", "is_animated", "read_animation", "write_animation", "ANIMATED_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,23 +87,13 @@ def read_animation(path: str | os.PathLike[str]) -> Animation:
     return Animation(frames, durations, loop, disposals, fmt)
 
 
-def frame_paths(path: Path, count: int) -> list[Path]:
-    """Where the frames go when the output format cannot animate: ``name_f0001.ext``..."""
-    return [path.with_name(f"{path.stem}_f{index + 1:04d}{path.suffix}") for index in range(count)]
-
-
 def write_animation(animation: Animation, frames: list[ImageData], path: Path, *, overwrite: bool, comment: str | None,
                     **encoding: object) -> list[Path]:
-    """Write the upscaled ``frames`` with ``animation``'s timing to ``path`` (animated) when its
-    format can animate, else one file per frame (:func:`frame_paths`); atomically, never replacing
-    a file unless ``overwrite``. Returns the paths written."""
-    from .encoding import write_image
-
+    """Write the upscaled ``frames`` with ``animation``'s timing to ``path`` (GIF, PNG as APNG or WebP),
+    atomically, never replacing a file unless ``overwrite``. Returns the paths written."""
     fmt = output_format(path)
     if fmt not in ANIMATED_FORMATS:
-        logger.warning("%s cannot hold an animation: writing its %d frames as separate files", fmt, len(frames))
-        return [write_image(frame, target, overwrite=overwrite, comment=comment, **encoding)  # type: ignore[arg-type]
-                for frame, target in zip(frames, frame_paths(path, len(frames)), strict=True)]
+        raise InvalidInputError(f"`{path.name}` cannot hold an animation; write it as .png (APNG), .gif or .webp.")
     images = [to_pil(frame) for frame in frames]
     if fmt == "GIF":
         images = [image.convert("RGBA").quantize(256) if image.mode == "RGBA" else image.convert("RGB").quantize(256) for image in images]

@@ -16,6 +16,9 @@ from pathlib import Path
 __all__ = ["atomic_write", "publish", "fsync_dir", "temporary_beside", "TMP_MARK"]
 
 TMP_MARK = ".ctsr-tmp"
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
 """Temporary files are named ``.<name>.<random>.ctsr-tmp`` (hidden, and ignored by folder runs)."""
 
 
@@ -38,6 +41,10 @@ def temporary_beside(path: Path) -> Iterator[Path]:
     """A fresh, uniquely named empty file in ``path``'s folder, removed on exit if still there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_MARK)
+    try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp makes it owner-only; a written file gets the usual mode
+    except (AttributeError, OSError):  # no fchmod (Windows)
+        pass
     os.close(handle)
     tmp = Path(name)
     try:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import InvalidInputError
-from .animation import Animation, is_animated, read_animation, write_animation
-from .encoding import check_encoding, read_comment, write_image
+from .animation import ANIMATED_FORMATS, Animation, is_animated, read_animation, write_animation
+from .encoding import check_encoding, holds_comment, output_format, read_comment, write_image
 from .image import IMAGE_EXTENSIONS, read_image
 from .progress import ProgressCallback, emit
 
@@ -74,7 +74,10 @@ def _read_input(path: Path) -> Any:
 
 
 def _settings_differ(path: Path, stamp: dict[str, Any] | None) -> str:
-    """'' when ``path`` records the settings ``stamp``; else what differs, for the message."""
+    """'' when ``path`` records the settings ``stamp`` (or its format cannot hold a record: BMP, where
+    an existing file is skipped as before); else what differs, for the message."""
+    if not holds_comment(path):
+        return ""
     comment = read_comment(path)
     try:
         found = json.loads(comment) if comment else None
@@ -112,7 +115,7 @@ def _roots(inputs: Sequence[Path]) -> dict[int, Path]:
     return roots
 
 
-def _discover(inputs: Sequence[Path], *, recursive: bool) -> list[tuple[Path, Path]]:
+def _discover(inputs: Sequence[Path], *, recursive: bool, exclude: Path | None = None) -> list[tuple[Path, Path]]:
     """(source, path relative to the output root) for every input; folders give image files only.
     One folder mirrors into the output itself; several inputs mirror each folder into a sub-folder of
     its name (see :func:`_roots`), so files of two folders never share an output name."""
@@ -121,10 +124,12 @@ def _discover(inputs: Sequence[Path], *, recursive: bool) -> list[tuple[Path, Pa
     for index, entry in enumerate(inputs):
         if entry.is_dir():
             pattern = entry.rglob("*") if recursive else entry.glob("*")
+            skip = exclude.resolve() if exclude is not None else None
             files = sorted(
                 p for p in pattern
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(entry).parts)
+                and not (skip is not None and skip != entry.resolve() and skip in p.resolve().parents)  # earlier outputs
             )
             prefix = roots.get(index, Path())
             found.extend((p, prefix / p.relative_to(entry)) for p in files)
@@ -243,7 +248,7 @@ def plan_jobs(
     if output.exists() and not output.is_dir():
         raise InvalidInputError(f"`output` {str(output)!r} is an existing file, but a folder is needed here; give a folder.")
     fmt = fmt or "png"
-    discovered = _discover(paths, recursive=recursive)
+    discovered = _discover(paths, recursive=recursive, exclude=output)
     jobs = [
         Job(source, tuple(output / stem.parent / f"{stem.name}{suffix}{s}.{fmt}" for s in suffixes))
         for (source, _), stem in zip(discovered, _unique_stems(discovered), strict=True)
@@ -284,6 +289,11 @@ def run_batch(
     """
     check_encoding(quality=quality, png_level=png_level)
     encoding = {"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}
+    wanted = len(ts) if ts and len(ts) > 1 else 1
+    mismatched = [job for job in jobs if len(job.outputs) != wanted]
+    if mismatched:
+        raise InvalidInputError(f"`jobs` were planned for {len(mismatched[0].outputs)} t value(s) but `ts` has {wanted}; "
+                                "plan them with the same `ts` (plan_jobs(..., ts=ts)).")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
     report = BatchReport()
@@ -318,6 +328,10 @@ def run_batch(
 
     def write(results: list[Any] | _Animated, job: Job) -> None:
         if isinstance(results, _Animated):
+            still = [path for path in job.outputs if output_format(path) not in ANIMATED_FORMATS]
+            if still:
+                raise InvalidInputError(f"`{job.source}` is animated, and `{still[0].name}` cannot hold an animation; "
+                                        "write it as .png (APNG), .gif or .webp (--format png|gif|webp).")
             for index, (path, comment, needed) in enumerate(zip(job.outputs, comments, todo[job], strict=True)):
                 if needed:
                     frames = [per_frame[index] for per_frame in results.frames]
@@ -363,7 +377,8 @@ def run_batch(
 
     def settle() -> None:
         """Report the previous chunk's files in order, waiting for their writes."""
-        for entry in pending:
+        while pending:  # removed once reported: an interrupt mid-way never reports an item twice or loses one
+            entry = pending[0]
             if isinstance(entry, BatchItem):
                 item = entry
             else:
@@ -376,9 +391,9 @@ def run_batch(
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                     item = failed(job, exc, start)
             report.items.append(item)
+            pending.pop(0)
             if on_item is not None:
                 on_item(item)
-        pending.clear()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctsr-io") as io:
         def io_call(fn: Callable[..., Any], *args: Any) -> Future[Any]:

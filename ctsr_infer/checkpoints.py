@@ -323,7 +323,8 @@ def read_pickled_checkpoint(path: str | os.PathLike[str]) -> Any:
                        or "load key" in line), str(exc).splitlines()[0] if str(exc) else "")
         with path.open("rb") as handle:
             head = handle.read(2)
-        if not (head[:1] == b"\x80" or head == b"PK"):  # neither a pickle (PROTO opcode) nor torch's zip format
+        unsafe = any(word in str(exc) for word in ("GLOBAL", "global", "REDUCE", "BUILD", "NEWOBJ", "Unsupported operand"))
+        if not (head[:1] == b"\x80" or head == b"PK") or not unsafe:  # not a pickle, or broken rather than hostile
             raise IncompatibleWeightsError(f"`{path}` is not a readable torch checkpoint (not a pickle: {detail}).") from None
         raise UnsafeCheckpointError(
             f"refused to load `{path}`: it asks for something other than tensors, containers and "

@@ -17,7 +17,8 @@ from .atomic import atomic_write
 from .errors import InvalidInputError
 from .image import _FORMATS, _NO_ALPHA_FORMATS, _SIXTEEN_BIT_FORMATS, ImageData, _channels, _quantise, to_pil
 
-__all__ = ["output_format", "check_encoding", "encode_image", "write_image", "read_comment", "PNG_COMPRESS_LEVEL", "STAMP_KEY"]
+__all__ = ["output_format", "check_encoding", "encode_image", "write_image", "read_comment", "holds_comment", "PNG_COMPRESS_LEVEL",
+           "STAMP_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,38 @@ def _encode_png16(array: np.ndarray, icc: bytes | None, comment: str | None = No
     out = io.BytesIO()
     png.write_chunks(out, chunks)
     return out.getvalue()
+
+
+_JPEG_EXIF_LIMIT = 65_533
+"""Bytes an EXIF block may have in a JPEG (one APP1 segment)."""
+
+
+def _exif_block(source: bytes | None, comment: str | None, fmt: str) -> bytes | None:
+    """The EXIF bytes to write: the source's block (orientation reset) when kept, plus the settings
+    record. A source block that cannot be parsed, or that would not fit a JPEG, is dropped with a
+    warning: the image is never lost for its metadata."""
+    exif = Image.Exif()
+    if source:
+        try:
+            exif.load(source)
+            if _ORIENTATION in exif:
+                exif[_ORIENTATION] = 1
+        except Exception as exc:  # noqa: BLE001 - malformed EXIF from the source file
+            logger.warning("the input's EXIF cannot be read (%s); it is not copied", exc)
+            exif = Image.Exif()
+    if comment:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
+    if not len(exif):
+        return None
+    try:
+        block = exif.tobytes()
+    except Exception as exc:  # noqa: BLE001 - an entry Pillow cannot write back
+        logger.warning("the input's EXIF cannot be written (%s); it is not copied", exc)
+        return _exif_block(None, comment, fmt)
+    if fmt == "JPEG" and len(block) > _JPEG_EXIF_LIMIT and source:
+        logger.warning("the input's EXIF (%d bytes) does not fit a JPEG; it is not copied", len(block))
+        return _exif_block(None, comment, fmt)
+    return block
 
 
 def check_encoding(*, quality: int | None = None, png_level: int | None = None) -> None:
@@ -112,15 +145,10 @@ def encode_image(data: ImageData, fmt: str, *, comment: str | None = None, quali
         options.update(quality=95 if quality is None else quality)
     elif fmt == "TIFF":
         options.update(compression="tiff_deflate")
-    exif = Image.Exif()
-    if keep_metadata and data.exif and fmt in ("JPEG", "WEBP", "PNG"):
-        exif.load(data.exif)
-        if _ORIENTATION in exif:
-            exif[_ORIENTATION] = 1
-    if comment and fmt in ("JPEG", "WEBP"):
-        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
-    if len(exif) and fmt in ("JPEG", "WEBP", "PNG"):
-        options["exif"] = exif.tobytes()
+    exif = _exif_block(data.exif if keep_metadata and fmt in ("JPEG", "WEBP", "PNG") else None,
+                       comment if fmt in ("JPEG", "WEBP") else None, fmt)
+    if exif:
+        options["exif"] = exif
     if keep_metadata and data.xmp and fmt in ("JPEG", "WEBP"):
         options["xmp"] = data.xmp
     if fmt == "PNG" and (comment or (keep_metadata and data.xmp)):
@@ -134,9 +162,16 @@ def encode_image(data: ImageData, fmt: str, *, comment: str | None = None, quali
         options["pnginfo"] = info
     if comment and fmt == "TIFF":
         options["tiffinfo"] = {_IMAGE_DESCRIPTION: comment}
+    if comment and fmt == "GIF":
+        options["comment"] = comment
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
+
+
+def holds_comment(path: Path) -> bool:
+    """Whether files of ``path``'s format can hold the settings record (BMP cannot)."""
+    return output_format(path) != "BMP"
 
 
 def read_comment(path: str | os.PathLike[str]) -> str | None:

@@ -62,9 +62,10 @@ def recorded_hash(model_id: str, filename: str) -> str | None:
 def _record_hash(model_id: str, filename: str, digest: str) -> None:
     path = _hashes_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data[f"{model_id}/{filename}"] = digest
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
+    with _lock(path):  # read-modify-write: two processes recording two models keep both
+        data = json.loads(path.read_text()) if path.is_file() else {}
+        data[f"{model_id}/{filename}"] = digest
+        atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
     logger.warning("recorded sha256 %s for %s/%s (trust on first use; later loads verify it)", digest, model_id, filename)
 
 

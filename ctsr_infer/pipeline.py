@@ -71,6 +71,14 @@ MAX_PIXELS = 256e6
 """Default limit on an output's pixel count (``max_pixels``): 256 MP, a 16,000 x 16,000 image."""
 
 
+def _check_pixels(size: tuple[int, int], run: RunOptions) -> None:
+    if size[0] * size[1] > run.max_pixels:
+        raise InvalidInputError(
+            f"the output would be {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.0f} MP, over the limit of "
+            f"{run.max_pixels / 1e6:.0f} MP; lower `scale`, or raise the limit with --max-pixels / `max_pixels`."
+        )
+
+
 class Upscaler:
     """A loaded one-step SR student. Load once, call many times.
 
@@ -159,6 +167,7 @@ class Upscaler:
             raise InvalidInputError("`x` must hold finite values in [0, 1].")
         ts, run = self.check_options(t, **options)
         size = target_size(x.shape[-2], x.shape[-1], run.scale)
+        _check_pixels(size, run)
         progress = options.get("on_progress")
         frames = x.detach().float().cpu()
         if self.batchable(frames.shape[-2], frames.shape[-1]):
@@ -280,11 +289,7 @@ class Upscaler:
         """Images of one size and bit depth through one network call (N = len(items))."""
         run = replace(run, bit_depth=items[0].bit_depth)
         size = target_size(*items[0].size, run.scale)
-        if size[0] * size[1] > run.max_pixels:
-            raise InvalidInputError(
-                f"the output would be {size[1]}x{size[0]} = {size[0] * size[1] / 1e6:.0f} MP, over the limit of "
-                f"{run.max_pixels / 1e6:.0f} MP; lower `scale`, or raise the limit with --max-pixels / `max_pixels`."
-            )
+        _check_pixels(size, run)
         # 1. image in: transparent colour filled, alpha upscaled on its own
         emit(progress, "preprocess", 0, 1)
         pixels = [data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha) for data in items]

@@ -29,8 +29,10 @@ def receptive_radius(module: nn.Module, channels: int, *, probe: int = 32, dtype
     ``call(x)`` runs the module when it takes more than the image (default: ``module(x)``)."""
     reach: list[float] = []
 
-    def hook(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...], _output: torch.Tensor) -> None:
-        size = inputs[0].shape[-1]
+    def hook(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        # the conv's input resolution from its output (explicit padding, as in diffusers' Downsample2D,
+        # would otherwise count as image)
+        size = output.shape[-1] * conv.stride[-1]
         taps = (conv.kernel_size[-1] - 1) * conv.dilation[-1] / 2 + (conv.stride[-1] - 1)
         reach.append(taps * probe / size)  # this conv's input pixel, in pixels of the module's input
 

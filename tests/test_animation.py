@@ -54,10 +54,13 @@ def test_animation_round_trip(tmp_path: Path, lite, ext: str, fmt: str) -> None:
                 assert np.abs(got - own).mean() < np.abs(got - other).mean()
 
 
-def test_an_animation_to_a_still_format_writes_its_frames(tmp_path: Path, lite) -> None:
+def test_an_animation_to_a_still_format_is_refused_for_that_file(tmp_path: Path, lite) -> None:
     frames = _frames(2)
-    source = tmp_path / "anim.gif"
+    source = tmp_path / "in" / "anim.gif"
+    source.parent.mkdir()
     frames[0].save(source, save_all=True, append_images=frames[1:], duration=[50, 50], loop=0)
-    report = run_batch(lite, plan_jobs([source], tmp_path / "out.jpg"))
-    assert [i.status for i in report.items] == ["ok"]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out_f0001.jpg", "out_f0002.jpg"]
+    _frames(1)[0].save(tmp_path / "in" / "still.png")
+    report = run_batch(lite, plan_jobs([tmp_path / "in"], tmp_path / "out", fmt="jpg"))
+    assert [i.status for i in report.items] == ["failed", "ok"]
+    assert "cannot hold an animation" in report.items[0].error and "--format" in report.items[0].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["still.jpg"]  # nothing outside the plan

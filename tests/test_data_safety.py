@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import numpy as np
@@ -249,3 +250,49 @@ def test_a_multi_page_16_bit_tiff_reads_only_its_first_page(tmp_path: Path) -> N
     data = read_image(tmp_path / "stack.tif")
     assert data.bit_depth == 16 and data.size == (8, 9)
     assert np.allclose(data.pixels, stack[0] / 65535.0, atol=1e-6)
+
+
+def test_written_files_get_the_usual_mode(tmp_path: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    path = atomic_write(tmp_path / "f.bin", b"x")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's owner-only 0600
+
+
+def test_gif_and_bmp_outputs_are_skipped_on_a_rerun(tmp_path: Path, lite) -> None:
+    _noise(tmp_path / "in" / "a.png", 0)
+    for fmt in ("gif",):
+        jobs = plan_jobs([tmp_path / "in"], tmp_path / fmt, fmt=fmt)
+        assert [i.status for i in run_batch(lite, jobs).items] == ["ok"]
+        assert [i.status for i in run_batch(lite, jobs).items] == ["skipped"]
+    single = plan_jobs([tmp_path / "in" / "a.png"], tmp_path / "one.bmp")
+    assert [i.status for i in run_batch(lite, single).items] == ["ok"]
+    assert [i.status for i in run_batch(lite, single).items] == ["skipped"]  # BMP holds no record: skipped as before
+
+
+def test_plans_and_runs_must_agree_on_t_values(tmp_path: Path, lite) -> None:
+    _noise(tmp_path / "in" / "a.png", 0)
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "out")
+    with pytest.raises(InvalidInputError, match="same `ts`"):
+        run_batch(lite, jobs, ts=[0.0, 1.0])
+
+
+def test_a_recursive_run_into_a_folder_inside_its_input_does_not_take_outputs_as_inputs(tmp_path: Path) -> None:
+    _noise(tmp_path / "in" / "a.png", 0)
+    _noise(tmp_path / "in" / "out" / "a.png", 1)  # an output of an earlier run
+    jobs = plan_jobs([tmp_path / "in"], tmp_path / "in" / "out", recursive=True, suffix="_x4")
+    assert [job.source.name for job in jobs] == ["a.png"] and jobs[0].source.parent == tmp_path / "in"
+
+
+def test_keep_metadata_survives_broken_exif(tmp_path: Path, lite, caplog: pytest.LogCaptureFixture) -> None:
+    from ctsr_infer.encoding import encode_image
+    from ctsr_infer.image import read_image
+
+    data = read_image(np.zeros((6, 8, 3), np.uint8))
+    data.exif = b"Exif\x00\x00this is not a TIFF header"
+    payload = encode_image(data, "JPEG", comment="{}", keep_metadata=True)
+    assert payload[:2] == b"\xff\xd8" and "EXIF" in caplog.text
+    big = Image.Exif()
+    big[0x010E] = "x" * 70_000  # ImageDescription: more than a JPEG's EXIF segment holds
+    data.exif = big.tobytes()
+    assert encode_image(data, "JPEG", comment="{}", keep_metadata=True)[:2] == b"\xff\xd8"

@@ -71,3 +71,11 @@ def test_flat_colours_keep_their_colour_at_every_t(lite) -> None:
             worst.append(int(np.abs(out.astype(int) - np.array(rgb)).max()))
     # measured: at most 1 level everywhere except saturated blue at t = 0 (2 levels: the GAN's texture)
     assert max(worst) <= 2 and sum(w > 1 for w in worst) <= 1, worst
+
+
+def test_the_tile_context_covers_the_receptive_radius_and_tiles_change_nothing(lite) -> None:
+    assert lite.model.context == 40  # 16 blocks: 35 px, measured on the unfolded FiLM path
+    image = np.random.default_rng(1).integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    whole = lite.upscale(image, t=0.3, tiling="off").astype(int)
+    tiled = lite.upscale(image, t=0.3, tile=64).astype(int)
+    assert np.abs(whole - tiled).max() <= 1

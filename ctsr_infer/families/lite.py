@@ -144,7 +144,9 @@ class LiteStudent:
         self.net.load_state_dict({k: v.float() for k, v in state.items()})
         self.placement = placement
         net = self.net.eval().requires_grad_(False)
-        self.context = context_for(receptive_radius(net, 3, probe=16, call=lambda x: net(x, torch.zeros(1))), align=8)
+        # two different t values: the unfolded FiLM path, whose convs the measurement hooks see
+        self.context = context_for(receptive_radius(net, 3, probe=16, call=lambda x: net(x.repeat(2, 1, 1, 1), torch.tensor([0.0, 1.0]))),
+                                   align=8)
         self.net = placement.place(net)
 
     def _run(self, x: torch.Tensor, t: float, on_progress: ProgressCallback | None, tile: int | None = None,
