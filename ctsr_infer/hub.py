@@ -253,7 +253,7 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
         return fetch_file(spec, offline=offline, on_progress=on_progress), base_dir
     target = converted_path(spec)
     with _lock(target):
-        if target.is_file() and _converted_is_current(spec, target):
+        if target.is_file() and _converted_is_current(spec, target, base_dir):
             return target, base_dir
         raw = fetch_file(spec, offline=offline, on_progress=on_progress)
         path = _convert(spec, raw, target, base_dir, offline=offline, on_progress=on_progress)
@@ -265,9 +265,18 @@ CONVERTED_KEY = "converted.safetensors"
 """The hash-record name of a model's converted student file."""
 
 
-def _converted_is_current(spec: ModelSpec, target: Path) -> bool:
+def _conversion_key(spec: ModelSpec, base_dir: Path | None) -> dict[str, object]:
+    """Everything besides the source file that a conversion depends on: the VQ file's hash, the
+    converter settings, the prompt and the base model the prompt embedding came from."""
+    vq = (spec.vq.sha256 or recorded_hash(spec.id, spec.vq.filename)) if spec.vq is not None else None
+    base = str(Path(base_dir).resolve()) if base_dir is not None else None
+    return json.loads(json.dumps({"vq_sha256": vq, "convert": dict(spec.convert), "prompt": spec.prompt, "base": base}, default=str))
+
+
+def _converted_is_current(spec: ModelSpec, target: Path, base_dir: Path | None = None) -> bool:
     """A converted student is reused only if it was converted from the file the manifest (or the first
-    download) names and is byte-for-byte what the conversion wrote."""
+    download) names, with the same VQ file, converter settings, prompt and base model, and is
+    byte-for-byte what the conversion wrote."""
     from safetensors import safe_open
 
     from .checkpoints import META_KEY
@@ -282,6 +291,9 @@ def _converted_is_current(spec: ModelSpec, target: Path) -> bool:
     expected_source = spec.file.sha256 or recorded_hash(spec.id, spec.file.filename)
     if source is None or source != expected_source:
         logger.warning("%s was converted from a file with sha256 %s, expected %s; converting again", target, source, expected_source)
+        return False
+    if (meta.get("provenance") or {}).get("conversion") != _conversion_key(spec, base_dir):
+        logger.warning("%s was converted with other settings (VQ file, converter settings, prompt or base); converting again", target)
         return False
     recorded = recorded_hash(spec.id, CONVERTED_KEY)
     if recorded is None or sha256_of(target) != recorded:
@@ -302,7 +314,8 @@ def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *,
         vq = fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress)
         student = convert_resshift(raw, vq, sampler=spec.convert.get("sampler", "onestep"), schedule=spec.convert.get("schedule"),
                                    unet=spec.convert.get("unet"), vq=spec.convert.get("vq"), licence=spec.licence,
-                                   provenance={"model": spec.id, "source_sha256": source_sha})
+                                   provenance={"model": spec.id, "source_sha256": source_sha,
+                                               "conversion": _conversion_key(spec, base_dir)})
         return save_student(student, target)
     if base_dir is None:
         raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; give a local "
@@ -311,7 +324,8 @@ def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *,
 
     source = spec.base.sources[0] if spec.base else {"path": str(base_dir)}
     student = convert_osediff(raw, prompt_embeds=encode_prompt(base_dir, spec.prompt), base=dict(source), prompt=spec.prompt)
-    student = replace(student, meta=replace(student.meta, provenance={**student.meta.provenance, "source_sha256": source_sha}))
+    provenance = {**student.meta.provenance, "source_sha256": source_sha, "conversion": _conversion_key(spec, base_dir)}
+    student = replace(student, meta=replace(student.meta, provenance=provenance))
     return save_student(student, target)
 
 

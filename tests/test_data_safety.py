@@ -208,6 +208,10 @@ def test_a_converted_student_records_its_source_and_is_verified_before_reuse(tmp
     again, _ = hub.ensure_student(spec)
     assert hub.sha256_of(again) == hub.recorded_hash(spec.id, hub.CONVERTED_KEY)
     assert load_student(again).meta.provenance["source_sha256"] == hub.sha256_of(unet)
+    # other converter settings: converted again
+    changed = replace(spec, convert={**spec.convert, "sampler": "posterior"})
+    hub.ensure_student(changed)
+    assert load_student(again).meta.provenance["conversion"]["convert"]["sampler"] == "posterior"
     # a converted file whose source is not the one the manifest names is not reused
     other = replace(spec, file=replace(spec.file, sha256="0" * 64))
     with pytest.raises(ctsr_infer.IncompatibleWeightsError):
