@@ -4,14 +4,13 @@ gradient routing the GAN recipes rely on."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from tiny import free_port
+from tiny import torchrun
 from torch import nn
 
 from ctsr_infer.errors import DeviceError, InvalidInputError
@@ -47,9 +46,7 @@ def test_two_processes_average_their_gradients(tmp_path: Path) -> None:
     half of every batch; the result equals one process on the whole batch."""
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                             str(Path(__file__).parent / "engine_worker.py"), str(out)], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    result = torchrun([str(Path(__file__).parent / "engine_worker.py"), str(out)], env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out, weights_only=True)
     assert saved["world"] == 2

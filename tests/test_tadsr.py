@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import free_port
+from tiny import torchrun
 import torch.nn.functional as F
 
 import ctsr_infer
@@ -122,8 +122,6 @@ def test_cli_under_torchrun_two_processes(teacher: Path, tmp_path: Path) -> None
     """The multi-GPU path on two CPU processes: the CLI as `accelerate launch -m ctsr_infer.cli`
     runs it; one process writes the checkpoint and the student, which the runtime loads."""
     import os
-    import subprocess
-    import sys
 
     from PIL import Image
 
@@ -133,11 +131,10 @@ def test_cli_under_torchrun_two_processes(teacher: Path, tmp_path: Path) -> None
         Image.fromarray((np.random.default_rng(seed).random((80, 80, 3)) * 255).astype(np.uint8)).save(photos / f"{seed}.png")
     (tmp_path / "c.toml").write_text("disc_embed = 32\ndisc_c_dim = 8\ngradient_accumulation_steps = 2\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                             "-m", "ctsr_infer.cli", "train", "tadsr", "--teacher", str(teacher), "--photos", str(photos),
-                             "--out", str(tmp_path / "s.safetensors"), "--steps", "2", "--batch", "1", "--crop", "64",
-                             "--config", str(tmp_path / "c.toml"), "--checkpoint", str(tmp_path / "ck.pt")],
-                            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = torchrun(["-m", "ctsr_infer.cli", "train", "tadsr", "--teacher", str(teacher), "--photos", str(photos),
+                       "--out", str(tmp_path / "s.safetensors"), "--steps", "2", "--batch", "1", "--crop", "64",
+                       "--config", str(tmp_path / "c.toml"), "--checkpoint", str(tmp_path / "ck.pt")],
+                      env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("wrote ") == 1
     state = torch.load(tmp_path / "ck.pt", weights_only=True)
