@@ -36,7 +36,7 @@ def test_two_folders_with_the_same_file_names_keep_both(tmp_path: Path, lite) ->
     b = _noise(tmp_path / "in" / "b" / "x.png", 2)
     jobs = plan_jobs([tmp_path / "in" / "a", tmp_path / "in" / "b"], tmp_path / "out")
     assert [job.outputs[0].relative_to(tmp_path / "out").as_posix() for job in jobs] == ["a/x.png", "b/x.png"]
-    report = run_batch(lite, jobs, t=None) if False else run_batch(lite, jobs)
+    report = run_batch(lite, jobs)
     assert [item.status for item in report.items] == ["ok", "ok"]
     for source, expected in ((jobs[0], a), (jobs[1], b)):
         written = np.asarray(Image.open(source.outputs[0]).convert("RGB").resize(expected.shape[1::-1], Image.Resampling.BOX))
