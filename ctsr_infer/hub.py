@@ -158,7 +158,7 @@ def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress:
         try:
             return Path(hf_hub_download(source.repo_id, source.path or name, revision=source.revision, local_files_only=offline))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-            raise _Unavailable(type(exc).__name__) from exc
+            raise _Unavailable(_cause(exc, offline=offline)) from exc
     url = str(source.url)
     if url.startswith("file://"):  # a file on this machine (imported models)
         local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))

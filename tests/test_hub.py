@@ -142,3 +142,19 @@ def test_hub_sources_and_base_mirrors_come_from_the_hf_cache(tmp_path: Path, mon
     assert (folder / "unet" / "config.json").is_file() and "mirror--sd21" in str(folder)
     with pytest.raises(WeightsNotFoundError, match="gone/sd21.*mirror/sd21|gone/sd21"):
         hub.resolve_base(BaseSpec("x", sources=({"repo_id": "gone/sd21"},)), offline=True)
+
+
+def test_a_missing_hub_file_names_the_real_cause_and_the_command(tmp_path: Path) -> None:
+    from ctsr_infer.manifest import BaseSpec, FileSpec, ModelSpec, Source
+
+    spec = ModelSpec(id="my-model", family="lite", file=FileSpec(filename="w.safetensors", format="ctsr-student",
+                                                                 sources=(Source(repo_id="nobody/nothing", path="w.safetensors"),)))
+    with pytest.raises(WeightsNotFoundError) as info:
+        hub.fetch_file(spec, offline=True)
+    message = str(info.value)
+    assert "offline mode is on" in message and "ctsr models download my-model" in message
+    with pytest.raises(WeightsNotFoundError) as info:
+        hub.resolve_base(BaseSpec("sd21", sources=({"repo_id": "nobody/base"},)), offline=True, for_model="my-model")
+    message = str(info.value)
+    assert "offline mode is on" in message and "ctsr models download my-model" in message and "--base DIR" in message
+    assert "<id>" not in message
