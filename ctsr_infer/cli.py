@@ -133,6 +133,7 @@ def upscale(
 ) -> None:
     """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
     from .batch import BatchItem, plan_jobs, run_batch
+    from .cli_output import print_summary, upscale_stdio
     from .pipeline import load
     from .progress import ProgressEvent
 
@@ -160,7 +161,7 @@ def upscale(
     options.update({k: v for k, v in tiling_options.items() if v is not None})
     upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
     if stdio:
-        _upscale_stdio(upscaler, inputs[0], output, t=None if ts is None else ts[0], fmt=fmt, overwrite=overwrite,
+        upscale_stdio(upscaler, inputs[0], output, t=None if ts is None else ts[0], fmt=fmt, overwrite=overwrite, console=err,
                        encoding={"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}, options=options)
         raise typer.Exit(EXIT_OK)
 
@@ -194,66 +195,12 @@ def upscale(
 
         interrupted = True
         report = BatchReport(items=list(done_items))
-    _summary(report, title=f"ctsr upscale — {upscaler.name}")
+    print_summary(report, title=f"ctsr upscale — {upscaler.name}", console=out)
     if interrupted:
         err.print(f"[yellow]interrupted:[/] {len(report.items)} done, {len(jobs) - len(report.items)} left "
                   "(run the same command again: finished outputs are skipped)")
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
-
-
-def _upscale_stdio(upscaler: Any, source: Path, output: Path, *, t: Optional[float], fmt: Optional[str], overwrite: bool,
-                   encoding: dict[str, Any], options: dict[str, Any]) -> None:
-    """One image from a file or stdin (``-``) to a file or stdout (``-``, format from --format, PNG by default)."""
-    import tempfile
-
-    from .encoding import encode_image, output_format, write_image
-    from .image import read_image
-
-    if str(source) == "-":
-        payload = sys.stdin.buffer.read()
-        if not payload:
-            raise InvalidInputError("standard input is empty (0 bytes); pipe an image into `ctsr upscale - -o ...`.")
-        with tempfile.TemporaryDirectory(prefix="ctsr-stdin-") as folder:  # a file keeps 16-bit PNG/TIFF intact
-            path = Path(folder) / "stdin"
-            path.write_bytes(payload)
-            data = read_image(path)
-    else:
-        data = read_image(source)
-    [result] = upscaler.process(data, t=t, **options)
-    comment = json.dumps(upscaler.settings(t, **options), sort_keys=True)
-    if str(output) == "-":
-        name = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "tiff": "TIFF", None: "PNG"}.get(fmt)
-        if name is None:
-            raise InvalidInputError(f"`format` must be one of png, jpg, webp, tiff, got {fmt!r}.")
-        sys.stdout.buffer.write(encode_image(result, name, comment=comment, **encoding))
-        sys.stdout.buffer.flush()
-    else:
-        if fmt is not None and output_format(output).lower().replace("jpeg", "jpg") != fmt:
-            raise InvalidInputError(f"`format` {fmt!r} does not match the output file {str(output)!r}.")
-        write_image(result, output, overwrite=overwrite, comment=comment, **encoding)
-        err.print(f"wrote {output}")
-
-
-def _summary(report: "BatchReport", *, title: str) -> None:  # noqa: F821 - imported lazily
-    """A table on a terminal; tab-separated lines (paths never cut) when the output is a pipe or file."""
-    if out.is_terminal:
-        table = Table(title=title, show_lines=False)
-        for column in ("status", "input", "output", "seconds"):
-            table.add_column(column, overflow="fold")
-        for item in report.items:
-            colour = {"ok": "green", "skipped": "yellow", "failed": "red"}[item.status]
-            table.add_row(f"[{colour}]{item.status}[/]", str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}")
-        out.print(table)
-    else:
-        for item in report.items:
-            line = "\t".join([item.status, str(item.source), ", ".join(str(p) for p in item.outputs), f"{item.seconds:.1f}"])
-            print(line + (f"\t{item.error}" if item.error and item.status == "failed" else ""))
-    summary = f"{report.count('ok')} ok, {report.count('skipped')} skipped, {report.count('failed')} failed"
-    if out.is_terminal:
-        out.print(summary)
-    else:
-        print(summary)
 
 
 @app.command()

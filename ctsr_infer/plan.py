@@ -1,0 +1,200 @@
+"""Planning a run: input discovery and output naming, unique by construction, checked before any work.
+
+Inputs are files and folders; each input file gets one output path per t value. One input folder
+mirrors into the output folder; several inputs mirror each folder into a sub-folder of its own name;
+names that would still clash are made unique deterministically; no output may be an input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidInputError
+from .image import _FORMATS, IMAGE_EXTENSIONS
+
+__all__ = ["Job", "OUTPUT_FORMATS", "plan_jobs", "check_plan", "t_suffix", "format_of"]
+
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "gif")
+"""``--format`` values of folder outputs."""
+_FORMAT_OF = {extension: name.lower().replace("jpeg", "jpg") for extension, name in _FORMATS.items()}
+"""Extension -> ``--format`` value (``.jpeg`` -> ``jpg``, ``.tif`` -> ``tiff``)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    source: Path
+    outputs: tuple[Path, ...]
+    """One output per t value (one when there is no t list)."""
+
+
+def format_of(path: Path) -> str | None:
+    """The ``--format`` value of a file name (``x.jpeg`` -> ``jpg``), None for a non-image extension."""
+    return _FORMAT_OF.get(path.suffix.lower())
+
+
+def t_suffix(t: float) -> str:
+    return f"_t{t:.2f}"
+
+
+def _roots(inputs: Sequence[Path]) -> dict[int, Path]:
+    """With several inputs, the sub-folder of the output each input folder mirrors into: its own name,
+    with ``-2``, ``-3``... for repeated names (``in1/a`` and ``in2/a`` -> ``a`` and ``a-2``)."""
+    if len(inputs) < 2:
+        return {}
+    roots: dict[int, Path] = {}
+    taken: set[str] = set()
+    for index, entry in enumerate(inputs):
+        if not entry.is_dir():
+            continue
+        name = entry.resolve().name or "root"
+        candidate, n = name, 1
+        while candidate.casefold() in taken:
+            n += 1
+            candidate = f"{name}-{n}"
+        taken.add(candidate.casefold())
+        roots[index] = Path(candidate)
+    return roots
+
+
+def _discover(inputs: Sequence[Path], *, recursive: bool, exclude: Path | None = None) -> list[tuple[Path, Path]]:
+    """(source, path relative to the output root) for every input; folders give image files only.
+    One folder mirrors into the output itself; several inputs mirror each folder into a sub-folder of
+    its name (see :func:`_roots`), so files of two folders never share an output name."""
+    found: list[tuple[Path, Path]] = []
+    roots = _roots(inputs)
+    for index, entry in enumerate(inputs):
+        if entry.is_dir():
+            pattern = entry.rglob("*") if recursive else entry.glob("*")
+            skip = exclude.resolve() if exclude is not None else None
+            files = sorted(
+                p for p in pattern
+                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in p.relative_to(entry).parts)
+                and not (skip is not None and skip != entry.resolve() and skip in p.resolve().parents)  # earlier outputs
+            )
+            prefix = roots.get(index, Path())
+            found.extend((p, prefix / p.relative_to(entry)) for p in files)
+        else:
+            found.append((entry, Path(entry.name)))  # a missing or bad file fails on its own later
+    return found
+
+
+def _unique_stems(discovered: list[tuple[Path, Path]]) -> list[Path]:
+    """One output stem (relative path without extension) per input, unique ignoring case: inputs that
+    would share one keep their source extension (``a_jpg``, ``a_png``); any clash left after that
+    gets ``-2``, ``-3``... in input order. Deterministic: the same inputs give the same names."""
+    stems = [rel.with_suffix("") for _, rel in discovered]
+
+    def key(stem: Path) -> str:
+        return stem.as_posix().casefold()
+
+    counts: dict[str, int] = {}
+    for stem in stems:
+        counts[key(stem)] = counts.get(key(stem), 0) + 1
+    stems = [
+        stem.with_name(f"{stem.name}_{rel.suffix.lstrip('.').lower() or 'noext'}") if counts[key(stem)] > 1 else stem
+        for stem, (_, rel) in zip(stems, discovered, strict=True)
+    ]
+    seen: set[str] = set()
+    unique: list[Path] = []
+    for stem in stems:
+        candidate, n = stem, 1
+        while key(candidate) in seen:
+            n += 1
+            candidate = stem.with_name(f"{stem.name}-{n}")
+        seen.add(key(candidate))
+        unique.append(candidate)
+    return unique
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_plan(jobs: Sequence[Job]) -> None:
+    """Refuse a plan in which two outputs share a path (ignoring case) or an output is an input."""
+    seen: dict[str, Path] = {}
+    for job in jobs:
+        for path in job.outputs:
+            key = str(path.resolve()).casefold()
+            if key in seen:
+                raise InvalidInputError(f"outputs of `{seen[key]}` and `{job.source}` would both be written to `{path}`; "
+                                        "rename one input or run them separately.")
+            seen[key] = job.source
+    sources = {str(job.source.resolve()).casefold(): job.source for job in jobs}
+    for job in jobs:
+        for path in job.outputs:
+            source = sources.get(str(path.resolve()).casefold())
+            if source is not None and _same_file(source, path):
+                raise InvalidInputError(
+                    f"`output` would replace the input `{source}` (an input is never overwritten, not even with "
+                    "--overwrite); choose another output file or folder, or another --format or --suffix."
+                )
+
+
+def plan_jobs(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    *,
+    ts: Sequence[float] | None = None,
+    recursive: bool = False,
+    fmt: str | None = None,
+    suffix: str = "",
+) -> list[Job]:
+    """Map inputs to output paths, each output unique and never an input (checked before any work).
+
+    A single input file with ``output`` ending in an image extension writes exactly there; otherwise
+    ``output`` is a folder. One input folder mirrors into it (its tree when ``recursive``); with
+    several inputs each folder mirrors into a sub-folder of its own name. ``suffix`` is added to every
+    output name (Real-ESRGAN's ``--suffix``); several t values add ``_t0.50``. Inputs that would share
+    an output name keep their source extension in it (``a_jpg.png``), then get ``-2``...
+    ``fmt`` is the folder outputs' format (default png); with one output file it must match that
+    file's extension (or be None).
+    """
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise InvalidInputError(f"`format` must be one of {list(OUTPUT_FORMATS)}, got {fmt!r}.")
+    if any(sep in suffix for sep in ("/", "\\")) or suffix in (".", ".."):
+        raise InvalidInputError(f"`suffix` must not contain a path separator, got {suffix!r}.")
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise InvalidInputError("no input given: name image files or folders.")
+    output = Path(output)
+    suffixes = [t_suffix(t) for t in ts] if ts and len(ts) > 1 else [""]
+    single_file = len(paths) == 1 and not paths[0].is_dir() and output.suffix.lower() in IMAGE_EXTENSIONS
+    if output.suffix and output.suffix.lower() not in IMAGE_EXTENSIONS and not output.is_dir():
+        raise InvalidInputError(
+            f"`output` {str(output)!r} ends in {output.suffix!r}, which is not an image format ({', '.join(OUTPUT_FORMATS)}); "
+            "give a file name with one of those extensions, or an existing folder."
+        )
+    if single_file:
+        wanted = format_of(output)
+        if fmt is not None and fmt != wanted:
+            raise InvalidInputError(
+                f"`format` {fmt!r} does not match the output file {str(output)!r}; drop --format or name the file *.{fmt}."
+            )
+        if output.is_dir():
+            raise InvalidInputError(f"`output` {str(output)!r} is a folder; name a file or drop the extension.")
+        jobs = [Job(paths[0], tuple(output.with_name(f"{output.stem}{suffix}{s}{output.suffix}") for s in suffixes))]
+        check_plan(jobs)
+        return jobs
+    if output.suffix.lower() in IMAGE_EXTENSIONS:
+        raise InvalidInputError(
+            f"`output` {str(output)!r} looks like a file, but there are several inputs or a folder; give a folder."
+        )
+    if output.exists() and not output.is_dir():
+        raise InvalidInputError(f"`output` {str(output)!r} is an existing file, but a folder is needed here; give a folder.")
+    fmt = fmt or "png"
+    discovered = _discover(paths, recursive=recursive, exclude=output)
+    jobs = [
+        Job(source, tuple(output / stem.parent / f"{stem.name}{suffix}{s}.{fmt}" for s in suffixes))
+        for (source, _), stem in zip(discovered, _unique_stems(discovered), strict=True)
+    ]
+    check_plan(jobs)
+    return jobs
