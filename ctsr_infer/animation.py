@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .atomic import atomic_write
-from .encoding import STAMP_KEY, output_format
+from .encoding import metadata_options, output_format
 from .errors import ImageReadError, InvalidInputError
 from .image import ImageData, read_image, to_pil
 
@@ -101,19 +101,7 @@ def write_animation(animation: Animation, frames: list[ImageData], path: Path, *
                                   "loop": animation.loop}
     if animation.disposals and fmt in ("GIF", "PNG") and fmt == animation.source_format:
         options["disposal"] = animation.disposals
-    if comment:
-        if fmt == "GIF":
-            options["comment"] = comment
-        elif fmt == "PNG":
-            from PIL.PngImagePlugin import PngInfo
-
-            info = PngInfo()
-            info.add_text(STAMP_KEY, comment)
-            options["pnginfo"] = info
-        else:
-            exif = Image.Exif()
-            exif.get_ifd(0x8769)[0x9286] = b"ASCII\x00\x00\x00" + comment.encode("ascii", "replace")
-            options["exif"] = exif.tobytes()
+    options.update(metadata_options(fmt, comment=comment))
     if fmt == "WEBP":
         options["lossless"] = encoding.get("quality") is None
         if encoding.get("quality") is not None:

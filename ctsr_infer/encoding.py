@@ -17,7 +17,7 @@ from .atomic import atomic_write
 from .errors import InvalidInputError
 from .image import _FORMATS, _NO_ALPHA_FORMATS, _SIXTEEN_BIT_FORMATS, ImageData, _channels, _quantise, to_pil
 
-__all__ = ["output_format", "check_encoding", "encode_image", "write_image", "read_comment", "holds_comment", "PNG_COMPRESS_LEVEL",
+__all__ = ["output_format", "check_encoding", "metadata_options", "encode_image", "write_image", "read_comment", "holds_comment", "PNG_COMPRESS_LEVEL",
            "STAMP_KEY"]
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,32 @@ def _exif_block(source: bytes | None, comment: str | None, fmt: str) -> bytes | 
     return block
 
 
+def metadata_options(fmt: str, *, comment: str | None, exif: bytes | None = None, xmp: bytes | None = None) -> dict[str, Any]:
+    """Pillow ``save`` options that store the settings record ``comment`` (PNG tEXt, JPEG/WebP EXIF
+    UserComment, TIFF ImageDescription, GIF comment) and, where given, the source's EXIF and XMP
+    (JPEG, WebP, PNG). Shared by still and animated outputs."""
+    options: dict[str, Any] = {}
+    block = _exif_block(exif if fmt in ("JPEG", "WEBP", "PNG") else None, comment if fmt in ("JPEG", "WEBP") else None, fmt)
+    if block:
+        options["exif"] = block
+    if xmp and fmt in ("JPEG", "WEBP"):
+        options["xmp"] = xmp
+    if fmt == "PNG" and (comment or xmp):
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        if comment:
+            info.add_text(STAMP_KEY, comment)
+        if xmp:
+            info.add_itxt("XML:com.adobe.xmp", xmp.decode("utf-8", "replace"))
+        options["pnginfo"] = info
+    if comment and fmt == "TIFF":
+        options["tiffinfo"] = {_IMAGE_DESCRIPTION: comment}
+    if comment and fmt == "GIF":
+        options["comment"] = comment
+    return options
+
+
 def check_encoding(*, quality: int | None = None, png_level: int | None = None) -> None:
     """Validate the encoder options (before any work)."""
     if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100):
@@ -145,25 +171,8 @@ def encode_image(data: ImageData, fmt: str, *, comment: str | None = None, quali
         options.update(quality=95 if quality is None else quality)
     elif fmt == "TIFF":
         options.update(compression="tiff_deflate")
-    exif = _exif_block(data.exif if keep_metadata and fmt in ("JPEG", "WEBP", "PNG") else None,
-                       comment if fmt in ("JPEG", "WEBP") else None, fmt)
-    if exif:
-        options["exif"] = exif
-    if keep_metadata and data.xmp and fmt in ("JPEG", "WEBP"):
-        options["xmp"] = data.xmp
-    if fmt == "PNG" and (comment or (keep_metadata and data.xmp)):
-        from PIL.PngImagePlugin import PngInfo
-
-        info = PngInfo()
-        if comment:
-            info.add_text(STAMP_KEY, comment)
-        if keep_metadata and data.xmp:
-            info.add_itxt("XML:com.adobe.xmp", data.xmp.decode("utf-8", "replace"))
-        options["pnginfo"] = info
-    if comment and fmt == "TIFF":
-        options["tiffinfo"] = {_IMAGE_DESCRIPTION: comment}
-    if comment and fmt == "GIF":
-        options["comment"] = comment
+    options.update(metadata_options(fmt, comment=comment, exif=data.exif if keep_metadata else None,
+                                    xmp=data.xmp if keep_metadata else None))
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
