@@ -1,25 +1,25 @@
 """What ``ctsr upscale`` prints and pipes: the run's summary, and one image through stdin/stdout.
-Part of the CLI (the only place that draws); the consoles come from ``cli.py``."""
+The consoles come from :mod:`.app`."""
 
 import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from .batch import BatchReport
-from .encoding import encode_image, output_format, write_image
-from .errors import InvalidInputError
-from .image import read_image
-from .plan import format_of
+from ..batch import BatchReport
+from ..encoding import encode_image, output_format, write_image
+from ..errors import InvalidInputError
+from ..image import read_image
+from ..plan import format_of
 
 __all__ = ["print_summary", "upscale_stdio"]
 
 
-def upscale_stdio(upscaler: Any, source: Path, output: Path, *, t: Optional[float], fmt: Optional[str], overwrite: bool,
+def upscale_stdio(upscaler: Any, source: Path, output: Path, *, t: float | None, fmt: str | None, overwrite: bool,
                   encoding: dict[str, Any], options: dict[str, Any], console: Console) -> None:
     """One image from a file or stdin (``-``) to a file or stdout (``-``, format from --format, PNG by default)."""
     if str(source) == "-":

@@ -1,0 +1,159 @@
+"""``ctsr upscale`` (files, folders, stdin/stdout) and ``ctsr sweep`` (one image at several t)."""
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..errors import InvalidInputError
+from .app import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, app, err, out
+from .options import (
+    BaseOption,
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    OverwriteOption,
+    ScaleOption,
+    ThreadsOption,
+    TOption,
+    parse_t,
+    set_threads,
+)
+
+__all__ = ["sweep", "upscale"]
+
+
+@app.command()
+def upscale(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (one input) or folder.")],
+    t: TOption = None,
+    model: ModelOption = None,
+    base: BaseOption = None,
+    scale: ScaleOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    color_fix: Annotated[str | None, typer.Option("--color-fix", help="adain, wavelet or none (default: the model's).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for --encode sample.")] = None,
+    encode: Annotated[str | None, typer.Option("--encode", help="VAE posterior: mean (deterministic) or sample.")] = None,
+    knob_steps: Annotated[int | None, typer.Option("--knob-steps", help="Euler steps of the ctsr-flow knob.")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirroring the tree.")] = False,
+    overwrite: OverwriteOption = False,
+    fmt: Annotated[str | None, typer.Option("--format", help="Output format in folder mode: png (default), jpg, webp, tiff.")] = None,
+    suffix: Annotated[str, typer.Option("--suffix", help="Added to every output name (x.png -> x<suffix>.png), as Real-ESRGAN's --suffix.")] = "",
+    tiling: Annotated[str, typer.Option("--tiling", help="auto, exact, fast or off (large images; SD models).")] = "auto",
+    tile: Annotated[int | None, typer.Option("--tile", help="UNet latent tile (latent px; SD) or input tile (px; lite).")] = None,
+    tile_overlap: Annotated[int | None, typer.Option("--tile-overlap", help="Overlap of --tile.")] = None,
+    vae_tile: Annotated[int | None, typer.Option("--vae-tile", help="VAE tile in image pixels (multiple of 64; SD).")] = None,
+    memory_budget: Annotated[float | None, typer.Option("--memory-budget", help="GB the tiler may plan for (default: half the RAM / 80% of the GPU).")] = None,
+    max_pixels: Annotated[float | None, typer.Option("--max-pixels", help="Refuse outputs larger than this many pixels (default 256e6 = 256 MP).")] = None,
+    threads: ThreadsOption = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the network (the first image pays tens of seconds; needs a C++ compiler on the CPU).")] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Files read together; small ones of equal size share one network call (lite).")] = 1,
+    quality: Annotated[int | None, typer.Option("--quality", help="JPEG/WebP quality 1-100 (default 95).")] = None,
+    png_level: Annotated[int | None, typer.Option("--png-level", help="PNG zlib compression level 0-9 (default 1: fast, ~10% larger than 6).")] = None,
+    keep_metadata: Annotated[bool, typer.Option("--keep-metadata", help="Copy the input's EXIF (orientation reset) and XMP into the output.")] = False,
+) -> None:
+    """Upscale images and folders. Existing outputs are skipped; one bad file never stops the rest."""
+    from ..batch import BatchItem, BatchReport, plan_jobs, run_batch
+    from ..encoding import check_encoding
+    from ..pipeline import load
+    from ..progress import ProgressEvent
+    from .output import print_summary, upscale_stdio
+
+    # 1. check the arguments and plan the outputs before loading anything
+    ts = parse_t(t)
+    if batch_size < 1:
+        raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
+    check_encoding(quality=quality, png_level=png_level)
+    stdio = str(output) == "-" or any(str(p) == "-" for p in inputs)
+    if stdio:
+        if len(inputs) != 1 or (ts is not None and len(ts) > 1) or (str(inputs[0]) != "-" and Path(inputs[0]).is_dir()):
+            raise typer.BadParameter("`-` (stdin/stdout) works with exactly one image and one t value.")
+        jobs = []
+    else:
+        jobs = plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
+    if not jobs and not stdio:
+        err.print("[yellow]no image files found in the inputs[/]")
+        raise typer.Exit(EXIT_FAILED)
+    # 2. load the model and check the options against it
+    set_threads(threads)
+    upscaler = load(model, base=base, device=device, dtype=dtype, compile=compile_)
+    options: dict[str, Any] = {"scale": scale, "color_fix": color_fix, "knob_steps": knob_steps, "seed": seed, "encode": encode}
+    tiling_options = {"tiling": None if tiling == "auto" else tiling, "tile": tile, "tile_overlap": tile_overlap, "vae_tile": vae_tile,
+                          "memory_budget": None if memory_budget is None else memory_budget * 1e9, "max_pixels": max_pixels}
+    options.update({k: v for k, v in tiling_options.items() if v is not None})
+    upscaler.check_options(ts if ts is None or len(ts) > 1 else ts[0], **options)
+    if stdio:
+        upscale_stdio(upscaler, inputs[0], output, t=None if ts is None else ts[0], fmt=fmt, overwrite=overwrite, console=err,
+                      encoding={"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}, options=options)
+        raise typer.Exit(EXIT_OK)
+    # 3. run the files, drawing progress; Ctrl-C still prints what finished
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=err, transient=True, disable=not err.is_terminal,
+    )
+    files = progress.add_task("files", total=len(jobs))
+    stage = progress.add_task("", total=1)
+    done_items: list[BatchItem] = []
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.stage == "file":
+            current = jobs[event.done].source.name if event.done < len(jobs) else ""
+            progress.update(files, completed=event.done, description=f"files {current}")
+        else:
+            progress.update(stage, description=event.stage, completed=event.done, total=max(event.total, 1))
+
+    def on_item(item: BatchItem) -> None:
+        done_items.append(item)
+        if item.status == "failed":
+            progress.console.print(f"[red]failed[/] {item.source}: {item.error}", highlight=False)
+
+    interrupted = False
+    try:
+        with progress:
+            report = run_batch(upscaler, jobs, ts=ts, overwrite=overwrite, on_progress=on_progress, on_item=on_item,
+                               batch_size=batch_size, quality=quality, png_level=png_level, keep_metadata=keep_metadata, **options)
+    except KeyboardInterrupt:
+        interrupted = True
+        report = BatchReport(items=list(done_items))
+    print_summary(report, title=f"ctsr upscale — {upscaler.name}", console=out)
+    if interrupted:
+        err.print(f"[yellow]interrupted:[/] {len(report.items)} done, {len(jobs) - len(report.items)} left "
+                  "(run the same command again: finished outputs are skipped)")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(EXIT_FAILED if report.failed else EXIT_OK)
+
+
+@app.command()
+def sweep(
+    source: Annotated[Path, typer.Argument(help="One image.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Contact sheet to write (PNG).")],
+    t: TOption = "0,0.25,0.5,0.75,1",
+    model: ModelOption = None,
+    base: BaseOption = None,
+    scale: ScaleOption = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "auto",
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a labelled contact sheet of one image at several t (whole image and a zoomed crop per t)."""
+    import numpy as np
+
+    from ..encoding import write_image
+    from ..image import ImageData, read_image, to_pil
+    from ..pipeline import load
+    from ..sheet import contact_sheet
+
+    ts = parse_t(t) or []
+    if source.is_dir():
+        raise InvalidInputError(f"`ctsr sweep` takes one image, and `{source}` is a folder; name one image file in it.")
+    if output.exists() and not overwrite:
+        raise InvalidInputError(f"`{output}` exists; pass --overwrite to replace it.")
+    upscaler = load(model, base=base, device=device, dtype=dtype)
+    outputs = upscaler.process(read_image(source), t=ts, scale=scale)
+    sheet = contact_sheet([to_pil(o) for o in outputs], [f"t = {value:g}" for value in ts],
+                          title=f"{source.name} - {upscaler.name} - 0 realistic ... 1 faithful")
+    write_image(ImageData(pixels=np.asarray(sheet, dtype=np.float32) / 255.0), output, overwrite=overwrite)
+    out.print(f"wrote {output}")
