@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import CtsrError, InvalidInputError
@@ -101,7 +102,7 @@ def models_verify(model_id: Annotated[str | None, typer.Argument(help="Model id 
             out.print(f"{spec.id}: ok ({digest[:16]}...) {path}")
         except CtsrError as exc:
             bad += 1
-            out.print(f"[red]{spec.id}: {exc}[/]", highlight=False)
+            out.print(f"[red]{spec.id}: {escape(str(exc))}[/]", highlight=False)
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
@@ -163,7 +164,7 @@ def models_convert(
         try:  # names the folder the text encoder was read from
             embeds = encode_prompt(base, prompt)
         except OSError as exc:
-            err.print(f"[red]error:[/] cannot read the base model's text encoder in `{base}`: {exc}")
+            err.print(f"[red]error:[/] cannot read the base model's text encoder in `{escape(str(base))}`: {escape(str(exc))}")
             raise typer.Exit(EXIT_ENV) from None
         student = convert_osediff(source, prompt_embeds=embeds, base={"path": str(base.resolve())}, prompt=prompt)
     save_student(student, target)

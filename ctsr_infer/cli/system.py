@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from .app import EXIT_ENV, app, err, out
@@ -66,7 +67,7 @@ def bench(
             results += run_compared(model, size=side, configs=configs, on_result=show, runs=runs, warmup=warmup, device=device,
                                     threads=threads)
         except RuntimeError as exc:
-            err.print(f"[red]error:[/] {exc}")
+            err.print(f"[red]error:[/] {escape(str(exc))}")
             raise typer.Exit(EXIT_ENV) from None
     if json_path is not None:
         json_path.write_text(json.dumps([asdict(r) for r in results], indent=2))

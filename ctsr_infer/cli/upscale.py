@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..errors import InvalidInputError
@@ -108,7 +109,7 @@ def upscale(
     def on_item(item: BatchItem) -> None:
         done_items.append(item)
         if item.status == "failed":
-            progress.console.print(f"[red]failed[/] {item.source}: {item.error}", highlight=False)
+            progress.console.print(f"[red]failed[/] {escape(str(item.source))}: {escape(str(item.error))}", highlight=False)
 
     interrupted = False
     try:

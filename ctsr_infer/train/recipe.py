@@ -224,10 +224,11 @@ def run_lite(config: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tens
     Returns the exported student file (``config.work / "ctsr-lite.safetensors"``).
 
     Raises:
-        InvalidInputError: a setting is out of range, or ``config.photos`` holds no training photo
-            (none at all, all held out, or none as large as ``config.patch``).
+        InvalidInputError: a setting is out of range; ``config.photos`` is not a folder, holds no
+            training photo (none, or all held out), or one smaller than ``config.patch``; or
+            ``train_lite`` finds its data or its caches unusable.
     """
-    from .lite import split_photos, train_lite
+    from .lite import load_hr, split_photos, train_lite
 
     # 1. check inputs
     for name, minimum in _LITE_MINIMUMS.items():
@@ -235,9 +236,14 @@ def run_lite(config: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tens
             raise InvalidInputError(f"`{name}` must be >= {minimum}, got {getattr(config, name)}.")
     if not Path(config.photos).is_dir():
         raise InvalidInputError(f"`photos` `{config.photos}` is not a folder{_PHOTOS_HINT}.")
-    if not split_photos(Path(config.photos), config.holdout)[0]:
+    files = split_photos(Path(config.photos), config.holdout)[0]
+    if not files:
         raise InvalidInputError(f"`photos` `{config.photos}` holds no training photos (.jpg, .png; held-out ones "
                                 f"left out){_PHOTOS_HINT}.")
+    small = [f.name for f in files if min(load_hr(f, config.hr_long_side).shape[-2:]) < config.patch]
+    if small:  # the pairs are cut at hr_long_side
+        raise InvalidInputError(f"training photos {small} are smaller than `patch` ({config.patch} px) on their short side "
+                                f"once shrunk to `hr_long_side` ({config.hr_long_side} px); remove them or lower `patch`.")
     # 2. train; train_lite reports unusable photos or caches as a FileNotFoundError of its own (no file name)
     try:
         return train_lite(config, teacher=teacher)
