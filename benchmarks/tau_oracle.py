@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from ctsr_infer.families.sd_onestep import alphas_cumprod_scaled_linear
+from ctsr_infer.families.sd_onestep.base_model import alphas_cumprod_scaled_linear
 
 MAPPINGS = {"0-999": (0, 999), "0-500": (0, 500), "0-250": (0, 250), "0-100": (0, 100), "999-0": (999, 0)}
 TS = (0.1, 0.25, 0.5, 0.75, 1.0)

@@ -21,25 +21,20 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-__all__ = ["SD21_UNET", "SD21_VAE", "BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "load_output", "run_compared",
-           "FAMILY_NAMES"]
+from .families import FAMILIES
 
-SD21_UNET: dict[str, Any] = dict(
-    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
-)
-SD21_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=768,
-)
-FAMILY_NAMES = ("sd-onestep", "resshift-onestep", "lite")
+if TYPE_CHECKING:
+    from .pipeline import Upscaler
+
+__all__ = ["BenchResult", "random_model", "measure", "run_isolated", "peak_rss_gb", "load_output", "run_compared", "FAMILY_NAMES"]
+
+FAMILY_NAMES = tuple(FAMILIES)
+"""Names ``measure`` takes for a random full-size model of a family (from the family registry)."""
 STAGES = ("preprocess", "encode", "denoise", "knob", "decode", "network", "colour fix")
 
 
@@ -54,56 +49,24 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
-SD_SMALL_UNET: dict[str, Any] = dict(
-    sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8,
-)
-SD_SMALL_VAE: dict[str, Any] = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
-)
 
 
 def random_model(family: str, *, device: str = "cpu", dtype: str = "fp32", channels_last: bool | None = False, seed: int = 0,
-                 small: bool = False):
-    """A full-size model of ``family`` with random weights (``lite``: the shipped model) as an Upscaler;
-    ``dtype="auto"`` picks what :func:`ctsr_infer.load` would pick for that family. ``small``: the same
-    architectures at toy width (checks of the harness itself, and correctness checks on a device)."""
-    from .checkpoints import StudentFile, StudentMeta
+                 small: bool = False) -> Upscaler:
+    """A full-size model of ``family`` with random weights (the family's ``random_model``; ``lite``: the
+    shipped model) as an Upscaler; ``dtype="auto"`` picks what :func:`ctsr_infer.load` would pick for
+    that family. ``small``: the same architectures at toy width (checks of the harness itself, and
+    correctness checks on a device)."""
     from .device import resolve
-    from .knob import Knob
-    from .pipeline import Upscaler, load
+    from .families import FAMILIES, get_family
+    from .pipeline import Upscaler
 
-    placement = resolve(device, dtype, channels_last=channels_last, family=family)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {list(FAMILIES)}")
+    descriptor = get_family(family)
+    placement = resolve(device, dtype, channels_last=channels_last, fast_path=descriptor.cpu_fast_path)
     torch.manual_seed(seed)
-    if family == "lite":
-        return load("ctsr-lite", device=device, dtype=dtype, channels_last=channels_last)
-    if family == "sd-onestep":
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-
-        from .families.sd_onestep import SDOneStep, alphas_cumprod_scaled_linear
-
-        unet_config, vae_config = (SD_SMALL_UNET, SD_SMALL_VAE) if small else (SD21_UNET, SD21_VAE)
-        prompt = torch.randn(1, 77, int(unet_config["cross_attention_dim"])) * 0.1
-        student = StudentFile(StudentMeta(family="sd-onestep", color_fix="wavelet"), {"prompt_embeds": prompt})
-        unet, vae = UNet2DConditionModel(**unet_config).eval(), AutoencoderKL(**vae_config).eval()
-        return Upscaler(SDOneStep(student, unet, vae, alphas_cumprod_scaled_linear(), placement), name="sd21-random")
-    if family == "resshift-onestep":
-        from .families.resshift import ResShiftModel, student_config
-        from .families.shift_diffusion import ShiftSchedule
-        from .families.swin_unet import SwinUNet, SwinUNetConfig
-        from .families.vq_autoencoder import VQConfig, build_vq, diffusers_to_ldm
-
-        vq_config = VQConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, n_embed=64) if small else VQConfig()
-        unet_config = (SwinUNetConfig(image_size=16, model_channels=32, num_res_blocks=(1, 1, 1, 1), attention_resolutions=(16, 8, 4, 2),
-                                      swin_embed_dim=64, window_size=4) if small else SwinUNetConfig())
-        tensors = {f"net.unet.{k}": v for k, v in SwinUNet(unet_config).state_dict().items()}
-        tensors.update({f"net.vq.{k}": v for k, v in diffusers_to_ldm(build_vq(vq_config).state_dict(), vq_config).items()})
-        meta = StudentMeta(family="resshift-onestep", knob=Knob(kind="none"), color_fix="none", timestep=14,
-                           config=student_config(unet=unet_config, vq=vq_config, schedule=ShiftSchedule(), sampler="onestep"))
-        return Upscaler(ResShiftModel(StudentFile(meta, tensors), placement), name="resshift-random")
-    raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_NAMES}")
+    return Upscaler(descriptor.random_model(placement, small), name=f"{family}-random", family=descriptor)
 
 
 @dataclass

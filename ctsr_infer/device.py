@@ -7,32 +7,22 @@ import platform
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 
 from .errors import DeviceError, InvalidInputError
 from .settings import current
 
-__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "native_bf16_cpu", "CPU_AUTO", "NonFinite", "check_finite"]
+if TYPE_CHECKING:
+    from .families.family import CpuFastPath
+
+__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "native_bf16_cpu", "NonFinite", "check_finite"]
 
 logger = logging.getLogger(__name__)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-# ``dtype="auto"`` on a CPU with native bf16: per family, the fastest path measured on such a CPU
-# (README "Speed") that passed the accuracy guard (output PSNR >= 40 dB against fp32 on the tiny and
-# the full-size random-weight models; tests/test_speed_paths.py re-checks the tiny ones).
-# (network, VAE encoder, VAE decoder, channels-last). sd-onestep keeps its UNet and VAE encoder in
-# fp32: the one-step x0 formula divides the latent and the UNet's eps by sqrt(alpha_bar_999), which
-# multiplies their bf16 error by 14.6 (tiny model: 31 dB); its decoder, most of the time, is bf16.
-CPU_AUTO: dict[str, tuple[str, str, str, bool]] = {
-    "lite": ("bf16", "bf16", "bf16", True),
-    "resshift-onestep": ("bf16", "bf16", "bf16", True),
-    "sd-onestep": ("fp32", "fp32", "bf16", True),
-}
-
 
 @lru_cache(maxsize=1)
 def native_bf16_cpu() -> bool:
@@ -57,7 +47,7 @@ class Placement:
     channels_last: bool = False
     """Convolutions in channels-last memory format (faster with bf16 on CPUs and on tensor cores)."""
     decoder: torch.dtype | None = None
-    """Dtype of the VAE's decoder when it differs from ``vae_dtype`` (see :data:`CPU_AUTO`)."""
+    """Dtype of the VAE's decoder when it differs from ``vae_dtype`` (a family's ``cpu_fast_path``)."""
 
     @property
     def decoder_dtype(self) -> torch.dtype:
@@ -88,13 +78,14 @@ def _mps_ok() -> bool:
     return bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
 
 
-def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool | None = None, family: str | None = None) -> Placement:
+def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool | None = None,
+            fast_path: CpuFastPath | None = None) -> Placement:
     """Resolve device and dtype names.
 
-    ``auto`` is CUDA with bf16 (VAE in fp32) when CUDA is present, else the CPU: there, for a known
-    ``family`` on a CPU with native bf16, the family's entry of :data:`CPU_AUTO`, otherwise fp32.
-    MPS is used only when asked for. ``cuda:N`` picks a GPU. ``channels_last`` None: the
-    ``CPU_AUTO`` entry's under ``auto``, else off.
+    ``auto`` is CUDA with bf16 (VAE in fp32) when CUDA is present, else the CPU: there, on a CPU with
+    native bf16, the family's measured ``fast_path`` (``Family.cpu_fast_path``) when it has one,
+    otherwise fp32. MPS is used only when asked for. ``cuda:N`` picks a GPU. ``channels_last`` None:
+    the fast path's under ``auto``, else off.
 
     Raises:
         InvalidInputError: an unknown name.
@@ -119,10 +110,10 @@ def resolve(device: str = "auto", dtype: str = "auto", *, channels_last: bool | 
     if dtype == "auto":
         if base == "cuda":
             placement = Placement(torch_device, torch.bfloat16, torch.float32)
-        elif base == "cpu" and family in CPU_AUTO and current().cpu_fast and native_bf16_cpu():
-            network, encoder, decoder, layout = CPU_AUTO[family]
-            placement = Placement(torch_device, _DTYPES[network], _DTYPES[encoder], channels_last=layout if channels_last is None else channels_last,
-                                  decoder=_DTYPES[decoder])
+        elif base == "cpu" and fast_path is not None and current().cpu_fast and native_bf16_cpu():
+            placement = Placement(torch_device, _DTYPES[fast_path.network], _DTYPES[fast_path.encoder],
+                                  channels_last=fast_path.channels_last if channels_last is None else channels_last,
+                                  decoder=_DTYPES[fast_path.decoder])
         else:
             placement = Placement(torch_device, torch.float32, torch.float32)
     else:

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import settings
 from .atomic import atomic_write, publish
 from .errors import IncompatibleWeightsError, WeightsNotFoundError
+from .families import STUDENT_FORMAT
 from .manifest import BaseSpec, ModelSpec, Source
 from .progress import ProgressCallback, emit
 
@@ -249,7 +250,7 @@ def ensure_student(spec: ModelSpec, *, base_dir: Path | None = None, offline: bo
     """
     if base_dir is None and spec.base is not None:
         base_dir = resolve_base(spec.base, offline=offline, for_model=spec.id)
-    if spec.file.format == "ctsr-student":
+    if spec.file.format == STUDENT_FORMAT:
         return fetch_file(spec, offline=offline, on_progress=on_progress), base_dir
     target = converted_path(spec)
     with _lock(target):
@@ -279,7 +280,7 @@ def _converted_is_current(spec: ModelSpec, target: Path, base_dir: Path | None =
     byte-for-byte what the conversion wrote."""
     from safetensors import safe_open
 
-    from .checkpoints import META_KEY
+    from .student_file import META_KEY
 
     try:
         with safe_open(str(target), framework="pt") as handle:
@@ -304,29 +305,27 @@ def _converted_is_current(spec: ModelSpec, target: Path, base_dir: Path | None =
 
 def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *, offline: bool | None,
              on_progress: ProgressCallback | None) -> Path:
-    from .checkpoints import convert_osediff, save_student
+    """Convert a downloaded public checkpoint with its format's converter (from the family registry)."""
+    from .families import ConvertInputs, get_format, read_checkpoint
+    from .student_file import save_student
 
     source_sha = verify_file(spec, raw)
-    if spec.file.format == "resshift-pth":
-        from .checkpoints import convert_resshift
-
-        assert spec.vq is not None  # the manifest parser guarantees it
-        vq = fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress)
-        student = convert_resshift(raw, vq, sampler=spec.convert.get("sampler", "onestep"), schedule=spec.convert.get("schedule"),
-                                   unet=spec.convert.get("unet"), vq=spec.convert.get("vq"), licence=spec.licence,
-                                   provenance={"model": spec.id, "source_sha256": source_sha,
-                                               "conversion": _conversion_key(spec, base_dir)})
-        return save_student(student, target)
-    if base_dir is None:
+    fmt = get_format(spec.file.format)
+    if fmt.convert is None:
+        raise IncompatibleWeightsError(f"model `{spec.id}`: a {fmt.name} file ({fmt.description}) is not a model on its own.")
+    companion = None
+    if fmt.companion is not None:
+        if spec.vq is None:  # the manifest parser refuses this; a hand-built spec may not
+            raise IncompatibleWeightsError(f"model `{spec.id}` is a {fmt.name} checkpoint; it needs a `vq` file of format {fmt.companion}.")
+        companion = read_checkpoint(fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress))
+    if fmt.needs_base and base_dir is None:
         raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; give a local "
                                        "diffusers folder with --base DIR (Python: `base=`).")
-    from .families.sd_onestep import encode_prompt
-
-    source = spec.base.sources[0] if spec.base else {"path": str(base_dir)}
-    student = convert_osediff(raw, prompt_embeds=encode_prompt(base_dir, spec.prompt), base=dict(source), prompt=spec.prompt)
-    provenance = {**student.meta.provenance, "source_sha256": source_sha, "conversion": _conversion_key(spec, base_dir)}
-    student = replace(student, meta=replace(student.meta, provenance=provenance))
-    return save_student(student, target)
+    base_ref = dict(spec.base.sources[0]) if spec.base else ({"path": str(base_dir)} if base_dir is not None else {})
+    inputs = ConvertInputs(source=read_checkpoint(raw), base_dir=base_dir, base_ref=base_ref, companion=companion, prompt=spec.prompt,
+                           licence=spec.licence, settings=spec.convert,
+                           provenance={"model": spec.id, "source_sha256": source_sha, "conversion": _conversion_key(spec, base_dir)})
+    return save_student(fmt.convert(inputs), target)
 
 
 @dataclass(frozen=True)
@@ -368,6 +367,6 @@ def file_status(spec: ModelSpec) -> FileStatus:
             base = resolve_base(spec.base, offline=True)
         except WeightsNotFoundError:
             base = None
-    needs_conversion = spec.file.format != "ctsr-student"
+    needs_conversion = spec.file.format != STUDENT_FORMAT
     converted = converted_path(spec) if needs_conversion and converted_path(spec).is_file() else None
     return FileStatus(spec.id, local_file(spec), converted, base, needs_base=spec.base is not None, needs_conversion=needs_conversion)

@@ -6,11 +6,11 @@ Schema (format_version 1)::
      "bases": {"<base id>": {"sources": [{"repo_id", "revision"} | {"path"}, ...],
                               "allow_patterns": [...], "licence": "...", "description": "..."}},
      "models": {"<model id>": {
-         "family": "sd-onestep" | "lite" | "resshift-onestep",
-         "file": {"filename", "format": "ctsr-student" | "osediff-pkl" | "resshift-pth", "sha256": hex | null,
+         "family": a family of the registry (ctsr_infer.families.FAMILIES),
+         "file": {"filename", "format": "ctsr-student" | a format of that family, "sha256": hex | null,
                   "size": int | null, "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}, ...]},
-         "vq": {... a file like "file", format "ldm-vq-pth"},   # resshift-pth models: the VQ-f4 autoencoder
-         "convert": {"sampler": "onestep" | "posterior" | "ddim", "schedule": {...}, "unet": {...}, "vq": {...}},
+         "vq": {... a file like "file"},   # formats with a companion file (ResShift's VQ-f4 autoencoder)
+         "convert": {...},                  # the format's converter settings
          "base": "<base id>" | null, "knob": {...}, "scale": 4, "prompt": "",
          "licence": "...", "commercial_use": true, "notes": "..."}}}
 
@@ -30,14 +30,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import settings
+from . import families, settings
 from .errors import IncompatibleWeightsError, UnknownModelError
 from .knob import Knob
 
 __all__ = ["BaseSpec", "Source", "FileSpec", "ModelSpec", "Manifest", "parse_manifest", "load_manifest", "get_spec", "FAMILIES", "FORMATS"]
 
-FAMILIES = ("sd-onestep", "lite", "resshift-onestep")
-FORMATS = ("ctsr-student", "osediff-pkl", "resshift-pth", "ldm-vq-pth")
+FAMILIES = tuple(families.FAMILIES)
+"""Family names, from the family registry."""
+FORMATS = (families.STUDENT_FORMAT, *families.formats())
+"""File formats: ctsr's student files and every format a family converts from."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -92,7 +94,8 @@ class ModelSpec:
     commercial_use: bool = True
     notes: str = ""
     vq: FileSpec | None = None
-    """The VQ autoencoder file a ``resshift-pth`` checkpoint is converted with."""
+    """The companion file a format converts with (``CheckpointFormat.companion``: the VQ autoencoder of
+    a ResShift UNet)."""
     convert: dict[str, Any] = field(default_factory=dict)
     """Settings of the conversion (``resshift-pth``: ``sampler`` and ``schedule``)."""
     user: bool = False
@@ -170,8 +173,12 @@ def _parse_models(models: Any, bases: dict[str, BaseSpec], *, user: bool) -> dic
             raise IncompatibleWeightsError(f"weights manifest: {where} `knob`: {exc}") from exc
         file = _parse_file(_need(entry, "file", where, dict), where)
         vq = _parse_file(entry["vq"], where, "vq") if entry.get("vq") is not None else None
-        if file.format == "resshift-pth" and (vq is None or vq.format != "ldm-vq-pth"):
-            raise IncompatibleWeightsError(f"weights manifest: {where} is a resshift-pth checkpoint; it needs a `vq` file of format ldm-vq-pth.")
+        companion = families.formats()[file.format].companion if file.format != families.STUDENT_FORMAT else None
+        if companion is not None and (vq is None or vq.format != companion):
+            raise IncompatibleWeightsError(f"weights manifest: {where} is a {file.format} checkpoint; it needs a `vq` file of format {companion}.")
+        if file.format != families.STUDENT_FORMAT and families.family_of_format(file.format).name != family:
+            raise IncompatibleWeightsError(f"weights manifest: {where} is a {file.format} checkpoint, which converts to the "
+                                           f"{families.family_of_format(file.format).name} family, not {family}.")
         convert = entry.get("convert", {})
         if not isinstance(convert, dict):
             raise IncompatibleWeightsError(f"weights manifest: {where} `convert` must be an object.")

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoints import StudentFile, load_student
 from .colorfix import check_color_fix
 from .device import NonFinite, Placement, resolve
-from .errors import IncompatibleWeightsError, InvalidInputError, NumericalError
+from .errors import InvalidInputError, NumericalError
+from .families import STUDENT_FORMAT, Family, FamilyModel, LoadContext, get_family
 from .families.base import RunOptions
 from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_numpy, to_pil
 from .knob import Knob, normalize_t
@@ -87,10 +87,12 @@ class Upscaler:
         >>> up.upscale("photo.jpg", scale=4).save("out.png")  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, *, name: str) -> None:
+    def __init__(self, model: FamilyModel, *, name: str, family: Family | None = None) -> None:
         self.model = model
         self.name = name
         self.meta = model.meta
+        self.family = family or get_family(model.meta.family, model=name)
+        """The family's descriptor: its options, tiling policy and fast paths."""
         self._lock = threading.RLock()
         """Held for each network call. Calls from several threads (a web server, a Ray actor) are
         correct: the fp32 retry casts the shared weights and the tiled VAE swaps the GroupNorm and
@@ -179,7 +181,7 @@ class Upscaler:
         """Whether several (height, width) images go through the network in one call: the family
         supports it (``lite``) and the input is at most :data:`BATCH_MAX_PIXELS` (larger images are
         tiled, and the tiles already fill the device)."""
-        return bool(getattr(self.model, "batchable", False)) and height * width <= BATCH_MAX_PIXELS
+        return self.family.tiling.batchable and height * width <= BATCH_MAX_PIXELS
 
     def process(self, data: ImageData, *, t: float | Sequence[float] | None = None,
                 **options: Unpack[UpscaleOptions]) -> list[ImageData]:
@@ -213,7 +215,7 @@ class Upscaler:
         record: dict[str, Any] = {"ctsr": __version__, "model": self.name, "family": self.meta.family,
                                   "t": None if self.knob.kind == "none" else float(self.knob.default_t if t is None else t),  # type: ignore[arg-type]
                                   "scale": run.scale, "color_fix": run.color_fix}
-        used = set(getattr(self.model, "options", ()))
+        used = set(self.family.options)
         for name in ("knob_steps", "seed", "encode"):
             if name in used:
                 record[name] = getattr(run, name)
@@ -225,7 +227,7 @@ class Upscaler:
         if unknown:
             raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
-        ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(getattr(self.model, "options", ()))
+        ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(self.family.options)
         given = sorted(k for k in ignored if options.get(k) is not None)  # type: ignore[misc]
         if given:
             flags = ", ".join(f"`{k}` (--{k.replace('_', '-')})" for k in given)
@@ -248,7 +250,7 @@ class Upscaler:
         fix = options.get("color_fix")
         fix = check_color_fix(self.meta.color_fix if fix is None else fix)
         tiling = options.get("tiling") or "auto"
-        modes = tuple(getattr(self.model, "tiling_modes", ("auto", "exact", "fast", "off")))
+        modes = self.family.tiling.modes
         if tiling not in modes:
             raise InvalidInputError(f"`tiling` (--tiling) must be one of {list(modes)} for {self.meta.family} students, got {tiling!r}.")
         for name, least in (("tile", 1), ("tile_overlap", 0), ("vae_tile", 1)):
@@ -256,12 +258,12 @@ class Upscaler:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise InvalidInputError(f"`{name}` (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}.")
         tile, overlap = options.get("tile"), options.get("tile_overlap")
-        min_tile = int(getattr(self.model, "min_tile", 1))
+        min_tile = self.family.tiling.min_tile
         if tile is not None and tile < min_tile:
             raise InvalidInputError(f"`tile` (--tile) must be at least {min_tile} for {self.meta.family} students, got {tile}.")
         if tile is not None and overlap is not None and not overlap < tile:
             raise InvalidInputError(f"`tile_overlap` (--tile-overlap) must be smaller than `tile` (--tile), got {overlap} and {tile}.")
-        if options.get("seed") is not None and mode != "sample" and "encode" in getattr(self.model, "options", ()):
+        if options.get("seed") is not None and mode != "sample" and "encode" in self.family.options:
             raise InvalidInputError("`seed` (--seed) only applies with `encode='sample'` (--encode sample); drop it or add that.")
         if options.get("knob_steps") is not None and self.knob.kind != "ctsr-flow":
             raise InvalidInputError(
@@ -348,28 +350,36 @@ def load(
         compile: ``torch.compile`` the denoising network (opt-in: the first image pays the
             compilation, tens of seconds; needs a C++ compiler on the CPU).
     """
-    from .hub import ensure_student
-    from .manifest import load_manifest
+    from .hub import ensure_student, resolve_base
+    from .manifest import BaseSpec, load_manifest
+    from .student_file import load_student
 
     resolve(device, dtype)  # names checked before anything is downloaded
     manifest = load_manifest()
     model = manifest.default if model is None else model
     base_dir: Path | None = Path(base) if base is not None else None
     as_path = Path(model)
-    if as_path.suffix.lower() in (".pkl", ".pth", ".pt", ".ckpt"):
-        raise InvalidInputError(
-            f"`model` {str(model)!r} is a pickled checkpoint; convert it once with "
-            f"`ctsr models convert {model} OUT.safetensors` and load the result."
-        )
-    if as_path.suffix.lower() == ".safetensors" or as_path.is_file():
+    if as_path.suffix.lower() in (".pkl", ".pth", ".pt", ".ckpt") or as_path.is_file():
+        if as_path.suffix.lower() != ".safetensors":
+            _refuse_unconverted(as_path)
+        student_path, name = as_path, as_path.name
+    elif as_path.suffix.lower() == ".safetensors":
         student_path, name = as_path, as_path.name
     else:
         spec = manifest.get(str(model))
         student_path, base_dir = ensure_student(spec, base_dir=base_dir)
         name = spec.id
     student = load_student(student_path)
-    placement = resolve(device, dtype, channels_last=channels_last, family=student.meta.family)
-    upscaler = Upscaler(_family_model(student, placement, name, base_dir), name=name)
+    family = get_family(student.meta.family, model=name)
+    family.check_config(student.meta.config)
+    if family.needs_base and base_dir is None:
+        reference = dict(student.meta.base)
+        if "path" in reference:
+            base_dir = Path(reference["path"])
+        elif "repo_id" in reference:
+            base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)), for_model=name)
+    placement = resolve(device, dtype, channels_last=channels_last, fast_path=family.cpu_fast_path)
+    upscaler = Upscaler(family.build(student, placement, LoadContext(name=name, base_dir=base_dir)), name=name, family=family)
     if compile:
         from .families.base import compile_denoiser
 
@@ -377,35 +387,20 @@ def load(
     return upscaler
 
 
-def _family_model(student: StudentFile, placement: Placement, name: str, base_dir: Path | None) -> Any:
-    from .hub import resolve_base
-    from .manifest import BaseSpec
+def _refuse_unconverted(path: Path) -> None:
+    """A weights file that is not a student file: say what it is and how to convert it."""
+    from .errors import IncompatibleWeightsError
+    from .families import detect_format, read_checkpoint
 
-    if student.meta.family == "lite":
-        from .families.lite import LiteStudent
-
-        return LiteStudent(student, placement)
-    if student.meta.family == "resshift-onestep":
-        from .families.resshift import ResShiftModel
-
-        return ResShiftModel(student, placement)
-    if student.meta.family != "sd-onestep":
-        raise IncompatibleWeightsError(
-            f"`{name}` is a {student.meta.family!r} student; this version runs sd-onestep, resshift-onestep and lite students."
+    if not path.is_file():
+        raise InvalidInputError(f"`model` {str(path)!r} does not exist (a pickled checkpoint is converted first: "
+                                f"`ctsr models convert {path} OUT.safetensors`).")
+    try:
+        fmt = detect_format(read_checkpoint(path))
+    except IncompatibleWeightsError:  # not a format we know: load_student says what it is not
+        return
+    if fmt != STUDENT_FORMAT:
+        raise InvalidInputError(
+            f"`model` {str(path)!r} is a {fmt} checkpoint, not a student file; convert it once with "
+            f"`ctsr models convert {path} OUT.safetensors` (or register it: `ctsr models import {path} --id NAME`) and load the result."
         )
-    if base_dir is None:
-        reference = dict(student.meta.base)
-        if "path" in reference:
-            base_dir = Path(reference["path"])
-        elif "repo_id" in reference:
-            base_dir = resolve_base(BaseSpec(id=reference["repo_id"], sources=(reference,)), for_model=name)
-        else:
-            raise IncompatibleWeightsError(f"`{name}` names no base model; give a diffusers folder with --base DIR (Python: `base=`).")
-    return _build(student, base_dir, placement)
-
-
-def _build(student: StudentFile, base_dir: Path, placement: Placement) -> Any:
-    from .families.sd_onestep import SDOneStep, load_base
-
-    unet, vae, alphas_cumprod = load_base(base_dir)
-    return SDOneStep(student, unet, vae, alphas_cumprod, placement)

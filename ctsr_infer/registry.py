@@ -6,13 +6,15 @@ import json
 import os
 import platform
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
-from . import settings
+from . import settings as settings_module
 from .atomic import atomic_write
-from .checkpoints import convert_osediff, load_student, save_student
+from .conversion import convert_checkpoint
+from .device import native_bf16_cpu
 from .errors import InvalidInputError, UnknownModelError
+from .families import STUDENT_FORMAT, get_family
+from .student_file import save_student
 from .hub import _download_dir, converted_path, file_status, sha256_of
 from .manifest import ModelSpec, load_manifest, user_registry_path
 
@@ -25,33 +27,32 @@ def _write_registry(data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def import_model(path: Path, *, model_id: str, base: Path | None = None, prompt: str = "", licence: str = "unknown") -> ModelSpec:
+def import_model(path: Path, *, model_id: str, base: Path | None = None, companion: Path | None = None, prompt: str = "",
+                 licence: str = "unknown", format: str | None = None, settings: dict | None = None) -> ModelSpec:
     """Convert (if needed) and copy a checkpoint into the cache and register it under ``model_id``.
+    The file's format is detected from its contents (``format`` overrides); see
+    :func:`ctsr_infer.conversion.convert_checkpoint` for ``base``, ``companion`` and ``settings``.
 
     Raises:
-        InvalidInputError: the id is taken or malformed, or a .pkl comes without ``base``.
+        InvalidInputError: the id is taken or malformed, or the format needs ``base``/``companion``.
         IncompatibleWeightsError / UnsafeCheckpointError: the file is not a usable checkpoint.
     """
     manifest = load_manifest()
     if model_id in manifest.models:
         raise InvalidInputError(f"`--id` {model_id!r} is taken; pick another or `ctsr models remove {model_id}` first.")
     path = Path(path)
-    target = settings.current().models_dir / f"{model_id}.safetensors"
-    if path.suffix.lower() in (".pkl", ".pth", ".pt"):
-        if base is None:
-            raise InvalidInputError("importing an OSEDiff checkpoint needs `--base`, a local SD 2.1-base folder (for the prompt embedding).")
-        from .families.sd_onestep import encode_prompt
-
-        student = convert_osediff(path, prompt_embeds=encode_prompt(base, prompt), base={"path": str(Path(base).resolve())}, prompt=prompt, licence=licence)
-        student = replace(student, meta=replace(student.meta, provenance={**student.meta.provenance, "source_sha256": sha256_of(path)}))
-        save_student(student, target)
-    else:
-        student = load_student(path)  # validates before anything is copied
+    target = settings_module.current().models_dir / f"{model_id}.safetensors"
+    fmt, student = convert_checkpoint(path, format=format, base=base, companion=companion, prompt=prompt, licence=licence,
+                                      settings=settings, provenance={"source_sha256": sha256_of(path)})
+    get_family(student.meta.family, model=str(path)).check_config(student.meta.config)
+    if fmt == STUDENT_FORMAT:  # validated above; copied byte for byte
         atomic_write(target, writer=lambda tmp: shutil.copyfile(path, tmp))
+    else:
+        save_student(student, target)
     meta = student.meta
     entry = {
         "family": meta.family,
-        "file": {"filename": target.name, "format": "ctsr-student", "sha256": sha256_of(target), "size": target.stat().st_size,
+        "file": {"filename": target.name, "format": STUDENT_FORMAT, "sha256": sha256_of(target), "size": target.stat().st_size,
                  "sources": [{"url": target.resolve().as_uri()}]},
         "knob": meta.knob.to_json(), "scale": meta.scale, "licence": licence, "notes": f"imported from {path}",
     }
@@ -69,7 +70,7 @@ def remove_model(model_id: str) -> list[Path]:
     manifest = load_manifest()
     spec = manifest.get(model_id)
     removed: list[Path] = []
-    for path in (converted_path(spec), settings.current().models_dir / f"{model_id}.safetensors", _download_dir(model_id)):
+    for path in (converted_path(spec), settings_module.current().models_dir / f"{model_id}.safetensors", _download_dir(model_id)):
         if path.is_dir():
             shutil.rmtree(path)
             removed.append(path)
@@ -106,7 +107,7 @@ def diagnose() -> dict[str, list[tuple[str, str]]]:
         except Exception:  # not installed
             return "not installed"
 
-    current = settings.current()
+    current = settings_module.current()
     cuda = torch.cuda.is_available()
     report: dict[str, list[tuple[str, str]]] = {
         "versions": [("ctsr-infer", __version__), ("python", platform.python_version()), ("torch", torch.__version__),
@@ -114,7 +115,7 @@ def diagnose() -> dict[str, list[tuple[str, str]]]:
                      ("safetensors", version("safetensors")), ("pillow", version("pillow"))],
         "devices": [("cpu", f"{platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"),
                     ("cpu bf16", "fast (AMX/AVX512-BF16)" if getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()
-                     and _cpu_has_bf16() else "emulated (slow)"),
+                     and native_bf16_cpu() else "emulated (slow)"),
                     ("cuda", f"{torch.cuda.device_count()} device(s): {torch.cuda.get_device_name(0)}" if cuda else "not available"),
                     ("cuda bf16", str(torch.cuda.is_bf16_supported()) if cuda else "-"),
                     ("mps", str(bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()))],
@@ -133,10 +134,3 @@ def diagnose() -> dict[str, list[tuple[str, str]]]:
         report["models"] = [("manifest", f"broken: {exc}")]
     return report
 
-
-def _cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags

@@ -22,7 +22,7 @@ class Settings:
     offline: bool
     """Never touch the network. ``CTSR_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``."""
     cpu_fast: bool = True
-    """``dtype="auto"`` may pick bf16 on CPUs with native bf16 (``device.CPU_AUTO``); ``CTSR_CPU_FAST=0``
+    """``dtype="auto"`` may pick bf16 on CPUs with native bf16 (each family's ``cpu_fast_path``); ``CTSR_CPU_FAST=0``
     keeps fp32 (bit-reproducible across CPUs)."""
 
     @property

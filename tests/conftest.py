@@ -74,7 +74,8 @@ def osediff_pkl(osediff) -> Path:
 
 @pytest.fixture(scope="session")
 def student_path(tmp_path_factory: pytest.TempPathFactory, osediff_pkl: Path, base_dir: Path) -> Path:
-    from ctsr_infer.checkpoints import convert_osediff, save_student
+    from ctsr_infer.families.sd_onestep.convert import convert_osediff
+    from ctsr_infer.student_file import save_student
 
     student = convert_osediff(osediff_pkl, prompt_embeds=prompt_embeds(), base={"path": str(base_dir)})
     return save_student(student, tmp_path_factory.mktemp("students") / "osediff.safetensors")

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import ctsr_infer
-from ctsr_infer.checkpoints import load_student, read_pickled_checkpoint
+from ctsr_infer.student_file import load_student
+from ctsr_infer.safe_pickle import read_pickled_checkpoint
 from ctsr_infer.cli import app
 
 runner = CliRunner()
@@ -182,11 +183,11 @@ def _meta(**changes) -> str:
 STUDENTS = [
     ("random bytes", lambda p: p.write_bytes(np.random.default_rng(2).bytes(256)), "safetensors"),
     ("no ctsr.meta", lambda p: save_file(_lite_tensors(), str(p)), "ctsr.meta"),
-    ("meta not JSON", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": "{oops"}), "malformed"),
+    ("meta not JSON", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": "{oops"}), "not JSON"),
     ("unknown family", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta(family="banana")}), "'banana' student"),
     ("default_t 7", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta(knob={"kind": "native", "default_t": 7})}), "default_t"),
-    ("wrong shapes", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta(config={"channels": 16, "blocks": 1, "scale": 4, "embed": 16})}), "shape"),
-    ("missing tensors", lambda p: save_file({k: v for k, v in list(_lite_tensors().items())[:3]}, str(p), metadata={"ctsr.meta": _meta()}), "missing"),
+    ("wrong shapes", lambda p: save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta(config={"channels": 16, "blocks": 1, "scale": 4, "embed": 16})}), "channels"),
+    ("missing tensors", lambda p: save_file({k: v for k, v in list(_lite_tensors().items())[:3]}, str(p), metadata={"ctsr.meta": _meta()}), "no tensor"),
     ("integer tensor", lambda p: save_file({**_lite_tensors(), "net.extra": torch.zeros(2, dtype=torch.int64)}, str(p), metadata={"ctsr.meta": _meta()}), "dtype"),
     ("truncated", lambda p: (save_file(_lite_tensors(), str(p), metadata={"ctsr.meta": _meta()}), p.write_bytes(p.read_bytes()[:-100])), "safetensors"),
 ]

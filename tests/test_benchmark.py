@@ -51,7 +51,8 @@ def test_channels_last_and_bf16_lite() -> None:
 
 def test_resshift_runs_in_bf16_within_the_accuracy_guard(tmp_path: Path) -> None:
     # GroupNorm32 computes in float32 with bf16 parameters (it used to fail with "mixed dtype")
-    from ctsr_infer.checkpoints import convert_resshift, save_student
+    from ctsr_infer.families.resshift.convert import convert_resshift
+    from ctsr_infer.student_file import save_student
     from tests.tiny import tiny_swin_config, tiny_vq_config, write_resshift_pair
 
     unet, vq = write_resshift_pair(tmp_path)

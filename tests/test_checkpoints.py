@@ -12,7 +12,9 @@ import torch
 from safetensors.torch import save_file
 
 import ctsr_infer
-from ctsr_infer.checkpoints import OSEDIFF_LORA_ALPHA, convert_osediff, load_student, read_pickled_checkpoint, save_student
+from ctsr_infer.families.sd_onestep.convert import OSEDIFF_LORA_ALPHA, convert_osediff
+from ctsr_infer.student_file import load_student, save_student
+from ctsr_infer.safe_pickle import read_pickled_checkpoint
 from ctsr_infer.errors import IncompatibleWeightsError, UnsafeCheckpointError, WeightsNotFoundError
 from tiny import prompt_embeds
 

@@ -92,7 +92,7 @@ def test_resume_and_export_round_trip(student_path: Path, base_dir: Path, fideli
     exported = resumed.export(tmp_path / "stage1.safetensors")
     lr = torch.from_numpy(np.random.default_rng(2).random((1, 3, 10, 12), dtype=np.float32))
     [runtime] = ctsr_infer.load(str(exported)).upscale_tensor(lr, color_fix="none")
-    from ctsr_infer.families.sd_onestep import pad_to_multiple
+    from ctsr_infer.families.framing import pad_to_multiple
     from ctsr_infer.image import resize_bicubic
 
     up = torch.from_numpy(resize_bicubic(lr[0].permute(1, 2, 0).numpy(), (40, 48), bit_depth=32)).permute(2, 0, 1)[None]

@@ -188,7 +188,7 @@ def test_a_converted_student_records_its_source_and_is_verified_before_reuse(tmp
     from tiny import tiny_swin_config, tiny_vq_config, write_resshift_pair
 
     from ctsr_infer import hub
-    from ctsr_infer.checkpoints import load_student
+    from ctsr_infer.student_file import load_student
     from ctsr_infer.manifest import FileSpec, Source, load_manifest
 
     unet, vq = write_resshift_pair(tmp_path / "raw")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 
-from ctsr_infer.checkpoints import load_student
+from ctsr_infer.student_file import load_student
 from ctsr_infer.errors import InvalidInputError, KnobError
 from ctsr_infer.knob import Knob, normalize_t
 from tiny import CTRL_MODULES

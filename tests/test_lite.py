@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ctsr_infer
-from ctsr_infer.checkpoints import load_student
+from ctsr_infer.student_file import load_student
 from ctsr_infer.families.lite import LiteNet, LiteStudent
 from ctsr_infer.train.lite import LiteConfig, export_lite, split_photos, train_lite
 

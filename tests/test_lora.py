@@ -9,7 +9,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 
 from ctsr_infer.errors import IncompatibleWeightsError
-from ctsr_infer.families.sd_onestep import VAE_SCALING
+from ctsr_infer.families.sd_onestep.base_model import VAE_SCALING
 from ctsr_infer.lora import fuse, lora_delta
 from tiny import prompt_embeds
 

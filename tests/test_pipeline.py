@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import ctsr_infer
-from ctsr_infer.checkpoints import StudentFile, StudentMeta, save_student
+from ctsr_infer.student_file import StudentFile, StudentMeta, save_student
 from ctsr_infer.colorfix import color_fix
 from ctsr_infer.errors import InvalidInputError, NumericalError
 from ctsr_infer.pipeline import target_size

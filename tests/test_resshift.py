@@ -14,13 +14,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ctsr_infer import load
-from ctsr_infer.checkpoints import convert_resshift, save_student
+from ctsr_infer.families.resshift.convert import convert_resshift
+from ctsr_infer.student_file import save_student
 from ctsr_infer.cli import app
 from ctsr_infer.errors import IncompatibleWeightsError, InvalidInputError
-from ctsr_infer.families.resshift import teacher
-from ctsr_infer.families.shift_diffusion import ShiftSchedule
-from ctsr_infer.families.swin_unet import SwinUNet, load_public_state, resshift_window_mask
-from ctsr_infer.families.vq_autoencoder import build_vq, load_ldm_state, quantize_nearest
+from ctsr_infer.families.resshift.model import teacher
+from ctsr_infer.families.resshift.shift_diffusion import ShiftSchedule
+from ctsr_infer.families.resshift.swin_unet import SwinUNet, load_public_state, resshift_window_mask
+from ctsr_infer.families.resshift.vq_autoencoder import build_vq, load_ldm_state, quantize_nearest
 from ctsr_infer.metrics import psnr
 from tests.tiny import public_swin_state, public_vq_state, randomised, tiny_swin_config, tiny_vq_config, write_resshift_pair
 

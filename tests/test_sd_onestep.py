@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ctsr_infer.families.sd_onestep import alphas_cumprod_scaled_linear, predict_x0
+from ctsr_infer.families.sd_onestep.base_model import alphas_cumprod_scaled_linear, predict_x0
 
 
 def _sd21_scheduler() -> DDPMScheduler:

@@ -81,7 +81,7 @@ def test_exact_mode_shares_the_mid_block_attention_across_tiles() -> None:
 
 def test_pipeline_tiled_against_untiled(tmp_path, base_dir) -> None:
     import ctsr_infer
-    from ctsr_infer.checkpoints import StudentFile, StudentMeta, save_student
+    from ctsr_infer.student_file import StudentFile, StudentMeta, save_student
     from tiny import prompt_embeds, write_base
 
     base = write_base(tmp_path / "plain", attention=False)

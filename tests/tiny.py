@@ -124,7 +124,7 @@ def add_ctrl_adapter(student_path: Path, target: Path, *, rank: int = 2, alpha: 
     """Write a ctsr-flow student: the given student plus a ctrl LoRA on a few UNet layers."""
     from dataclasses import replace
 
-    from ctsr_infer.checkpoints import Adapter, load_student, save_student
+    from ctsr_infer.student_file import Adapter, load_student, save_student
     from ctsr_infer.knob import Knob
 
     student = load_student(student_path)
@@ -171,14 +171,14 @@ def write_text_encoder(folder: Path) -> Path:
 # -- ResShift family ------------------------------------------------------------------------------
 
 def tiny_swin_config():
-    from ctsr_infer.families.swin_unet import SwinUNetConfig
+    from ctsr_infer.families.resshift.swin_unet import SwinUNetConfig
 
     return SwinUNetConfig(image_size=16, model_channels=32, num_res_blocks=(1, 1, 1, 1), attention_resolutions=(16, 8, 4, 2),
                           swin_embed_dim=64, window_size=4)
 
 
 def tiny_vq_config():
-    from ctsr_infer.families.vq_autoencoder import VQConfig
+    from ctsr_infer.families.resshift.vq_autoencoder import VQConfig
 
     return VQConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, n_embed=64)
 
@@ -196,7 +196,7 @@ def randomised(module: torch.nn.Module, seed: int, std: float = 0.15) -> torch.n
 def public_swin_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as the public ResShift/SinSR checkpoints hold it: the parameters plus each Swin
     block's ``attn.relative_position_index`` and, for shifted blocks, ``attn_mask`` (never used)."""
-    from ctsr_infer.families.swin_unet import SwinBlock
+    from ctsr_infer.families.resshift.swin_unet import SwinBlock
 
     state = {k: v.clone() for k, v in net.state_dict().items()}
     for name, module in net.named_modules():
@@ -210,7 +210,7 @@ def public_swin_state(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def public_vq_state(model: torch.nn.Module, config) -> dict[str, torch.Tensor]:
     """The diffusers VQModel's weights renamed to latent-diffusion's layout (attention as 1x1 convs)."""
-    from ctsr_infer.families.vq_autoencoder import diffusers_to_ldm
+    from ctsr_infer.families.resshift.vq_autoencoder import diffusers_to_ldm
 
     return {k: v.clone() for k, v in diffusers_to_ldm(model.state_dict(), config).items()}
 
@@ -218,8 +218,8 @@ def public_vq_state(model: torch.nn.Module, config) -> dict[str, torch.Tensor]:
 def write_resshift_pair(folder: Path, *, seed: int = 7, prefix: str = "module.") -> tuple[Path, Path]:
     """A tiny UNet checkpoint ({"state_dict": ...} with a ``module.`` prefix, as trainers save) and a bare
     VQ state dict, both as pickled ``.pth`` files in the public layouts."""
-    from ctsr_infer.families.swin_unet import SwinUNet
-    from ctsr_infer.families.vq_autoencoder import build_vq
+    from ctsr_infer.families.resshift.swin_unet import SwinUNet
+    from ctsr_infer.families.resshift.vq_autoencoder import build_vq
 
     folder.mkdir(parents=True, exist_ok=True)
     net = randomised(SwinUNet(tiny_swin_config()), seed)
@@ -233,7 +233,8 @@ def write_resshift_pair(folder: Path, *, seed: int = 7, prefix: str = "module.")
 
 def write_resshift_teacher(folder: Path, *, seed: int = 7, steps: int = 15, min_noise_level: float = 0.04) -> Path:
     """A tiny ResShift teacher as a ``resshift-onestep`` student file (multi-step sampler)."""
-    from ctsr_infer.checkpoints import convert_resshift, save_student
+    from ctsr_infer.families.resshift.convert import convert_resshift
+    from ctsr_infer.student_file import save_student
 
     unet, vq = write_resshift_pair(folder, seed=seed)
     student = convert_resshift(unet, vq, unet=tiny_swin_config().to_config(), vq=tiny_vq_config().to_config(),

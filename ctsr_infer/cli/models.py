@@ -106,70 +106,132 @@ def models_verify(model_id: Annotated[str | None, typer.Argument(help="Model id 
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
+FormatOption = Annotated[str | None, typer.Option("--format", help="The checkpoint's format, overriding detection from its contents (`ctsr models formats`).")]
+CompanionOption = Annotated[Path | None, typer.Option("--vq", help="The companion file of formats that have one (ResShift-family UNets: autoencoder_vq_f4.pth).")]
+PromptOption = Annotated[str, typer.Option("--prompt", help="Formats that need a base model: the fixed prompt carried in the student (default: empty).")]
+SetOption = Annotated[list[str] | None, typer.Option("--set", help="A converter setting KEY=VALUE (VALUE as JSON, else text; dotted keys nest: schedule.steps=4). Repeatable.")]
+SettingsOption = Annotated[Path | None, typer.Option("--settings", help="Converter settings as a JSON file (--set overrides it).")]
+
+
+def _settings(pairs: list[str] | None, path: Path | None, *, sampler: str | None = None) -> dict[str, Any]:
+    """--settings FILE, then each --set KEY=VALUE (dotted keys nest); --sampler is the old spelling of --set sampler=..."""
+    settings: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise typer.BadParameter(f"--settings `{path}` is not a readable JSON file: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise typer.BadParameter(f"--settings `{path}` must hold a JSON object, got {type(loaded).__name__}.")
+        settings.update(loaded)
+    for pair in [*(pairs or []), *([f"sampler={sampler}"] if sampler else [])]:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"--set expects KEY=VALUE, got {pair!r}.")
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.strip().split(".")
+        node = settings
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise typer.BadParameter(f"--set {pair!r}: `{part}` is not a group of settings.")
+            node = child
+        node[leaf] = value
+    return settings
+
+
+@models_app.command("families")
+def models_families() -> None:
+    """List the model families this version runs: knob kinds, options, and the formats each converts from."""
+    from ..families import FAMILIES
+
+    table = Table()
+    for column in ("family", "what it is", "knob kinds", "options", "converts from"):
+        table.add_column(column)
+    for family in FAMILIES.values():
+        table.add_row(family.name, family.description, ", ".join(family.knob_kinds), ", ".join(family.options),
+                      ", ".join(fmt.name for fmt in family.formats if fmt.convert) or "-")
+    out.print(table)
+
+
+@models_app.command("formats")
+def models_formats() -> None:
+    """List the checkpoint formats this version converts, with the family each converts to."""
+    from ..families import FAMILIES, STUDENT_FORMAT
+
+    table = Table()
+    for column in ("format", "family", "what it is", "needs"):
+        table.add_column(column)
+    table.add_row(STUDENT_FORMAT, "(any)", "a ctsr student file (safetensors with a ctsr.meta record)", "")
+    for family in FAMILIES.values():
+        for fmt in family.formats:
+            needs = ", ".join(x for x in ("--base" if fmt.needs_base else "", f"{fmt.companion_option} ({fmt.companion})" if fmt.companion else "",
+                                          "" if fmt.convert else "a companion of another format") if x)
+            table.add_row(fmt.name, family.name, fmt.description, needs)
+    out.print(table)
+
+
 @models_app.command("import")
 def models_import(
-    path: Annotated[Path, typer.Argument(help="A student file (.safetensors) or an OSEDiff checkpoint (.pkl).")],
+    path: Annotated[Path, typer.Argument(help="A student file or a public checkpoint (`ctsr models formats`); the format is detected from its contents.")],
     model_id: Annotated[str, typer.Option("--id", help="The id to register it under (kebab-case).")],
     base: BaseOption = None,
-    prompt: Annotated[str, typer.Option("--prompt", help="Fixed prompt for a converted OSEDiff checkpoint.")] = "",
+    prompt: PromptOption = "",
+    vq: CompanionOption = None,
+    fmt: FormatOption = None,
+    setting: SetOption = None,
+    settings_file: SettingsOption = None,
     licence: Annotated[str, typer.Option("--licence", help="Licence of the weights.")] = "unknown (user-supplied)",
 ) -> None:
-    """Register a user-supplied checkpoint: converted and copied into the cache, then usable by id (a .pkl needs --base)."""
+    """Register a user-supplied checkpoint: converted and copied into the cache, then usable by id."""
     from ..registry import import_model
 
-    spec = import_model(path, model_id=model_id, base=base, prompt=prompt, licence=licence)
+    spec = import_model(path, model_id=model_id, base=base, companion=vq, prompt=prompt, licence=licence, format=fmt,
+                        settings=_settings(setting, settings_file))
     out.print(f"imported `{spec.id}` ({spec.family}, knob {spec.knob.kind}); use it with --model {spec.id}")
 
 
 @models_app.command("convert")
 def models_convert(
-    source: Annotated[Path, typer.Argument(help="Public checkpoint: osediff.pkl, or a ResShift/SinSR .pth (with --vq).")],
+    source: Annotated[Path, typer.Argument(help="A public checkpoint (`ctsr models formats`); the format is detected from its contents.")],
     target: Annotated[Path, typer.Argument(help="Student file to write (.safetensors).")],
-    base: Annotated[Path | None, typer.Option("--base", help="OSEDiff: local diffusers folder of SD 2.1-base (for the prompt embedding).")] = None,
-    prompt: Annotated[str, typer.Option("--prompt", help="OSEDiff: fixed prompt carried in the student.")] = "",
-    vq: Annotated[Path | None, typer.Option("--vq", help="ResShift family: the autoencoder_vq_f4.pth file.")] = None,
-    sampler: Annotated[str, typer.Option("--sampler", help="ResShift family: onestep (SinSR, TAD-SR, co-learning students), posterior or ddim (the ResShift teacher).")] = "onestep",
-    steps: Annotated[int, typer.Option("--steps", help="ResShift family: diffusion steps of the schedule (15 for v1 and SinSR, 4 for v3).")] = 15,
-    min_noise_level: Annotated[float, typer.Option("--min-noise-level", help="ResShift family: 0.04 for v1 and SinSR, 0.2 for v3.")] = 0.04,
-    licence: Annotated[str, typer.Option("--licence", help="ResShift family: licence written into the student file.")] = "unknown",
-    net_config: Annotated[Path | None, typer.Option("--net-config", help="ResShift family: JSON with `unet`, `vq` and/or `schedule` settings that differ from the x4 real-SR defaults.")] = None,
+    base: BaseOption = None,
+    prompt: PromptOption = "",
+    vq: CompanionOption = None,
+    fmt: FormatOption = None,
+    setting: SetOption = None,
+    settings_file: SettingsOption = None,
+    licence: Annotated[str, typer.Option("--licence", help="Licence written into the student file.")] = "unknown",
+    sampler: Annotated[str | None, typer.Option("--sampler", hidden=True, help="Old spelling of --set sampler=VALUE.")] = None,
+    net_config: Annotated[Path | None, typer.Option("--net-config", hidden=True, help="Old spelling of --settings FILE.")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Convert a public checkpoint into a student file (pickles go through the allow-listed unpickler)."""
-    from ..checkpoints import convert_osediff, convert_resshift, save_student
+    """Convert a public checkpoint into a student file (pickles go through the restricted unpickler)."""
+    from ..conversion import convert_checkpoint
+    from ..student_file import save_student
 
     # 1. check the arguments
     if target.suffix != ".safetensors":
         raise typer.BadParameter(f"TARGET must end in .safetensors, got {target.name!r}")
     if target.exists() and not overwrite:
         raise InvalidInputError(f"`{target}` exists; pass --overwrite to replace it.")
-    if vq is None and base is None:
-        raise typer.BadParameter("pass --base DIR (OSEDiff checkpoints) or --vq autoencoder_vq_f4.pth (ResShift, SinSR, TAD-SR).")
-    if sampler not in ("onestep", "posterior", "ddim"):
-        raise typer.BadParameter(f"--sampler must be onestep, posterior or ddim, got {sampler!r}")
-    # 2. convert: ResShift family with --vq, OSEDiff with --base
-    if vq is not None:
-        settings_json: dict[str, Any] = {}
-        if net_config is not None:
-            try:
-                settings_json = json.loads(net_config.read_text())
-            except (OSError, ValueError) as exc:
-                raise typer.BadParameter(f"--net-config `{net_config}` is not a readable JSON file: {exc}") from None
-        schedule = {"steps": steps, "min_noise_level": min_noise_level, **settings_json.get("schedule", {})}
-        student = convert_resshift(source, vq, sampler=sampler, schedule=schedule, unet=settings_json.get("unet"),
-                                   vq=settings_json.get("vq"), licence=licence)
-    elif base is not None:  # the only other case (checked above)
-        from ..families.sd_onestep import encode_prompt
-
-        try:  # names the folder the text encoder was read from
-            embeds = encode_prompt(base, prompt)
-        except OSError as exc:
-            err.print(f"[red]error:[/] cannot read the base model's text encoder in `{escape(str(base))}`: {escape(str(exc))}")
-            raise typer.Exit(EXIT_ENV) from None
-        student = convert_osediff(source, prompt_embeds=embeds, base={"path": str(base.resolve())}, prompt=prompt)
+    if settings_file is not None and net_config is not None:
+        raise typer.BadParameter("give --settings or --net-config (its old spelling), not both.")
+    settings = _settings(setting, settings_file or net_config, sampler=sampler)
+    # 2. detect the format, convert with its family's converter
+    try:
+        name, student = convert_checkpoint(source, format=fmt, base=base, companion=vq, prompt=prompt, licence=licence, settings=settings)
+    except OSError as exc:  # reading the base model's text encoder: name the folder
+        if isinstance(exc, CtsrError) or base is None:
+            raise
+        err.print(f"[red]error:[/] cannot read the base model's text encoder in `{escape(str(base))}`: {escape(str(exc))}")
+        raise typer.Exit(EXIT_ENV) from None
     save_student(student, target)
     adapters = ", ".join(a.name for a in student.meta.adapters) or "none"
-    out.print(f"wrote {target} ({student.meta.family}, {len(student.tensors)} tensors, adapters: {adapters})")
+    out.print(f"wrote {target} (from {name}: {student.meta.family}, {len(student.tensors)} tensors, adapters: {adapters})")
 
 
 @models_app.command("remove")

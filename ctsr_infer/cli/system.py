@@ -30,7 +30,7 @@ def doctor() -> None:
 
 @app.command()
 def bench(
-    model: Annotated[str, typer.Option("--model", help="sd-onestep, resshift-onestep or lite (full-size architecture, random weights), or a model id / student file.")] = "lite",
+    model: Annotated[str | None, typer.Option("--model", help="A family name (`ctsr models families`: its full-size architecture with random weights), or a model id / student file (default: the default model).")] = None,
     size: Annotated[list[int], typer.Option("--size", help="Output side in pixels; repeat for several.")] = [512],  # noqa: B006
     dtype: Annotated[list[str], typer.Option("--dtype", help="fp32, bf16, fp16 or auto (what `ctsr upscale` picks); repeat to compare (the first one is the reference).")] = ["fp32"],  # noqa: B006
     channels_last: Annotated[bool, typer.Option("--channels-last/--no-channels-last", help="Also run each dtype in channels-last memory format.")] = False,
@@ -51,6 +51,10 @@ def bench(
     if runs < 1 or warmup < 0:
         raise typer.BadParameter("--runs must be >= 1 and --warmup >= 0")
     check_threads(threads)
+    if model is None:
+        from ..manifest import load_manifest
+
+        model = load_manifest().default
     layouts: list[bool | None] = [False, True] if channels_last else [False]
     configs: list[dict[str, Any]] = [{"dtype": name, "channels_last": layout, "compile": compiled} for name in dtype
                                      for layout in ([None] if name == "auto" else layouts) for compiled in ([False, True] if compile_ else [False])]

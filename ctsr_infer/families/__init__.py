@@ -1,1 +1,98 @@
-"""Student families: each builds its modules from a student file and runs the network part."""
+"""The family registry: every family the library runs, listed once, and format detection.
+
+Adding a family is one folder (``families/<name>/`` exporting a :class:`Family` as ``FAMILY``), one
+line in :data:`FAMILIES`, a manifest entry and tests (CONTRIBUTING.md, "Adding a family").
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import IncompatibleWeightsError, WeightsNotFoundError
+from .family import Checkpoint, CheckpointFormat, ConvertInputs, CpuFastPath, Family, FamilyModel, LoadContext, TilingPolicy
+from .lite import FAMILY as LITE
+from .resshift import FAMILY as RESSHIFT
+from .sd_onestep import FAMILY as SD_ONESTEP
+
+__all__ = ["FAMILIES", "STUDENT_FORMAT", "Family", "FamilyModel", "CheckpointFormat", "Checkpoint", "ConvertInputs", "LoadContext",
+           "CpuFastPath", "TilingPolicy", "get_family", "formats", "get_format", "read_checkpoint", "detect_format"]
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (LITE, SD_ONESTEP, RESSHIFT)}
+"""Every family, by name, in the order ``ctsr models`` lists them."""
+STUDENT_FORMAT = "ctsr-student"
+"""The format of ctsr's own student files (safetensors with a ``ctsr.meta`` record)."""
+
+
+def get_family(name: str, *, model: str = "") -> Family:
+    family = FAMILIES.get(name)
+    if family is None:
+        what = f"`{model}` is a {name!r} student" if model else f"unknown family {name!r}"
+        raise IncompatibleWeightsError(f"{what}; this version runs {', '.join(FAMILIES)}. A newer ctsr-infer may run it.")
+    return family
+
+
+def formats() -> dict[str, CheckpointFormat]:
+    """Every public checkpoint format some family converts from (or uses as a companion), by name."""
+    return {fmt.name: fmt for family in FAMILIES.values() for fmt in family.formats}
+
+
+def get_format(name: str) -> CheckpointFormat:
+    known = formats()
+    if name not in known:
+        raise IncompatibleWeightsError(f"unknown checkpoint format {name!r}; known: {', '.join([STUDENT_FORMAT, *known])}.")
+    return known[name]
+
+
+def family_of_format(name: str) -> Family:
+    for family in FAMILIES.values():
+        if any(fmt.name == name for fmt in family.formats):
+            return family
+    raise IncompatibleWeightsError(f"no family converts from {name!r}.")
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a weights file once for detection: safetensors (header and tensors) when it is one, else a
+    pickle through the restricted unpickler."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..safe_pickle import read_pickled_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"checkpoint `{path}` does not exist.")
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    # a safetensors file starts with the header length (u64 little-endian) and then '{'
+    if len(head) == 8 and 2 <= int.from_bytes(head, "little") < path.stat().st_size:
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as reader:
+                header = dict(reader.metadata() or {})
+                tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+            return Checkpoint(path, "safetensors", header, tensors)
+        except (SafetensorError, OSError, ValueError):
+            pass
+    return Checkpoint(path, "pickle", {}, read_pickled_checkpoint(path))
+
+
+def detect_format(checkpoint: Checkpoint) -> str:
+    """The format of a file from its contents: ``ctsr-student`` or a family's format name.
+
+    Raises:
+        IncompatibleWeightsError: no format matches; the message lists what was tried.
+    """
+    from ..student_file import META_KEY
+
+    if checkpoint.container == "safetensors" and META_KEY in checkpoint.header:
+        return STUDENT_FORMAT
+    matches = [fmt.name for fmt in formats().values() if fmt.detect(checkpoint)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise IncompatibleWeightsError(f"`{checkpoint.path}` matches several formats ({', '.join(matches)}); pick one with --format.")
+    tried = "; ".join(f"{fmt.name}: {fmt.description}" for fmt in formats().values())
+    keys = sorted(checkpoint.state or {})[:5] if checkpoint.state is not None else type(checkpoint.data).__name__
+    raise IncompatibleWeightsError(
+        f"`{checkpoint.path}` ({checkpoint.container}) is not a format this version converts (found {keys}). "
+        f"Known: {STUDENT_FORMAT}: a ctsr student file; {tried}."
+    )

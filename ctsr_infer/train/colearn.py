@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..families.swin_unet import SwinUNet, SwinUNetConfig
+from ..families.resshift.swin_unet import SwinUNet, SwinUNetConfig
 from .engine import EngineConfig
 from .gan import EMA
 from .resshift_backend import ResShiftStudentMixin

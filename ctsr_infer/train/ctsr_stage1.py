@@ -38,8 +38,9 @@ from torch import nn
 
 from ..device import resolve
 from ..errors import InvalidInputError
-from ..checkpoints import load_student
-from ..families.sd_onestep import SDOneStep, load_base
+from ..student_file import load_student
+from ..families.sd_onestep.model import SDOneStep
+from ..families.sd_onestep.base_model import load_base
 from .sd_student import TrainableStudent
 from .engine import Engine, EngineConfig
 from .trainer import Recipe
@@ -112,7 +113,7 @@ def perceptual_loss(kind: str, *, device: torch.device | None = None) -> Callabl
 class Stage1Trainer(Recipe):
     def __init__(self, student: str | os.PathLike[str], base: str | os.PathLike[str], fidelity: str | os.PathLike[str],
                  config: Stage1Config) -> None:
-        from ..families.resshift import ResShiftModel
+        from ..families.resshift.model import ResShiftModel
 
         self.config = config
         self.engine = Engine.from_config(config)

@@ -30,11 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import Adapter, StudentFile, load_student, save_student
+from ..student_file import Adapter, StudentFile, load_student, save_student
 from ..device import resolve
 from ..errors import InvalidInputError
 from ..families.base import RunOptions
-from ..families.sd_onestep import SDOneStep, load_base, pad_to_multiple
+from ..families.sd_onestep.model import SDOneStep
+from ..families.sd_onestep.base_model import load_base
+from ..families.framing import pad_to_multiple
 from ..image import resize_bicubic
 from ..knob import Knob
 from .engine import Engine, EngineConfig

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-from ..families.swin_unet import GroupNorm32, timestep_embedding
+from ..families.resshift.swin_unet import GroupNorm32, timestep_embedding
 
 __all__ = ["EMA", "hinge_d_loss", "hinge_g_loss", "TimeAwareDiscriminator"]
 

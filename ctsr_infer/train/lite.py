@@ -54,7 +54,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from ..atomic import atomic_write
-from ..checkpoints import StudentFile, StudentMeta, load_student, save_student
+from ..student_file import StudentFile, StudentMeta, load_student, save_student
 from ..device import native_bf16_cpu
 from ..families.lite import LiteNet
 from ..knob import Knob

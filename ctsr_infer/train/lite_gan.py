@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import StudentFile, StudentMeta, save_student
+from ..student_file import StudentFile, StudentMeta, save_student
 from ..families.lite import LiteNet
 from ..knob import Knob
 from .degradations import DegradationConfig, MildConfig, bicubic_degrade, degrade, mild_degrade
@@ -260,7 +260,7 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
     students = []
     start_weights = None
     if cfg.init is not None:
-        from ..checkpoints import load_student
+        from ..student_file import load_student
 
         start_weights = {k[len("net.") :]: v.float() for k, v in load_student(cfg.init).tensors.items() if k.startswith("net.")}
     for variant in cfg.variants:

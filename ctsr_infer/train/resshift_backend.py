@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import StudentFile, load_student, save_student
+from ..student_file import StudentFile, load_student, save_student
 from ..device import resolve
 from ..errors import InvalidInputError
-from ..families.resshift import ResShiftModel
+from ..families.resshift.model import ResShiftModel
 from .gan import EMA
 from .engine import Engine
 from .trainer import Recipe

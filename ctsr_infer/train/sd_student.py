@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import Adapter, StudentFile, load_student, save_student
+from ..student_file import Adapter, StudentFile, load_student, save_student
 from ..errors import IncompatibleWeightsError
-from ..families.sd_onestep import VAE_SCALING, load_base, predict_x0
+from ..families.sd_onestep.base_model import VAE_SCALING, load_base, predict_x0
 
 __all__ = ["TrainableStudent"]
 

@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import IncompatibleWeightsError
+from ...errors import IncompatibleWeightsError
+from ..state import check_state
 
-__all__ = ["SwinUNetConfig", "SwinUNet", "load_public_state", "PUBLIC_BUFFERS"]
+__all__ = ["SwinUNetConfig", "SwinUNet", "load_public_state", "strip_prefixes", "PUBLIC_BUFFERS"]
 
 PUBLIC_BUFFERS = ("attn.relative_position_index", "attn_mask")
 """Buffers the public checkpoints carry that this implementation derives instead."""
@@ -331,7 +332,7 @@ class SwinUNet(nn.Module):
         return self.out(h).float()
 
 
-def _strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+def strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
@@ -349,27 +350,19 @@ def load_public_state(net: SwinUNet, data: Mapping[str, Any], *, source: str) ->
     present where the public model has them; ``relative_position_index`` must equal the derived
     one."""
     state = data.get("state_dict", data) if isinstance(data.get("state_dict"), Mapping) else data
-    state = _strip_prefixes(state)
+    state = strip_prefixes(state)
     own = net.state_dict()
     buffers = {k for k in state if k.endswith(PUBLIC_BUFFERS)}
     expected_buffers = {f"{name}.attn.relative_position_index" for name, m in net.named_modules() if isinstance(m, SwinBlock)}
     expected_buffers |= {f"{name}.attn_mask" for name, m in net.named_modules() if isinstance(m, SwinBlock) and m.shift}
-    missing = sorted((set(own) | expected_buffers) - set(state))
-    unexpected = sorted(set(state) - set(own) - expected_buffers)
-    if missing or unexpected:
-        raise IncompatibleWeightsError(
-            f"{source} does not fit the Swin-UNet ({net.config.to_config()}): missing {missing[:6]}"
-            f"{' ...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}{' ...' if len(unexpected) > 6 else ''}."
-        )
+    absent = sorted(expected_buffers - set(state))
+    if absent:
+        raise IncompatibleWeightsError(f"{source} does not fit the Swin-UNet ({net.config.to_config()}): missing {absent[:6]}"
+                                       f"{' ...' if len(absent) > 6 else ''}.")
+    check_state(own, state, source=source, what=f"the Swin-UNet ({net.config.to_config()})", ignore=expected_buffers)
     for key in buffers:
         if key.endswith("relative_position_index"):
             module = net.get_submodule(key.rsplit(".", 1)[0])
             if not torch.equal(state[key].long(), module.relative_position_index):
                 raise IncompatibleWeightsError(f"{source}: `{key}` differs from the Swin relative-position index of window {module.window}.")
-    for key, tensor in own.items():
-        value = state[key]
-        if not isinstance(value, torch.Tensor) or value.shape != tensor.shape:
-            raise IncompatibleWeightsError(
-                f"{source}: `{key}` has shape {tuple(getattr(value, 'shape', ()))}, the Swin-UNet expects {tuple(tensor.shape)}."
-            )
     net.load_state_dict({k: state[k].float() for k in own}, strict=True)

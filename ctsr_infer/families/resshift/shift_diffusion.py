@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import IncompatibleWeightsError
+from ...errors import IncompatibleWeightsError
 
 __all__ = ["ShiftSchedule", "Predictor", "Sampler"]
 

@@ -28,29 +28,27 @@ from dataclasses import replace
 from fractions import Fraction
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import StudentFile
-from ..colorfix import color_fix
-from ..device import Placement, check_finite
-from ..errors import IncompatibleWeightsError, InvalidInputError, KnobError
-from ..image import resize_bicubic
-from ..progress import ProgressCallback, emit
-from ..receptive import context_for, receptive_radius
-from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from .base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
-from .sd_onestep import pad_to_multiple
+from ...device import Placement, check_finite
+from ...errors import IncompatibleWeightsError, InvalidInputError, KnobError
+from ...progress import ProgressCallback, emit
+from ...receptive import context_for, receptive_radius
+from ...student_file import StudentFile
+from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
+from ..base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
+from ..framing import pad_to_multiple, to_size
+from ..state import fit_state
 from .shift_diffusion import Sampler, ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig
 from .vq_autoencoder import VQConfig, build_vq, load_ldm_state, quantize_nearest
 
-__all__ = ["FAMILY", "DEFAULT_SEED", "ResShiftModel", "student_config"]
+__all__ = ["FAMILY_NAME", "DEFAULT_SEED", "ResShiftModel", "student_config", "teacher"]
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "resshift-onestep"
+FAMILY_NAME = "resshift-onestep"
 DEFAULT_SEED = 12345
 SCALE = 4
 DEFAULT_LATENT_TILE = 256
@@ -65,11 +63,6 @@ def student_config(*, unet: SwinUNetConfig, vq: VQConfig, schedule: ShiftSchedul
 
 class ResShiftModel:
     """A loaded ResShift-family model: Swin-UNet + VQ-f4 + schedule."""
-
-    family = FAMILY
-    options = ("seed", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget")
-    """The family-specific options this family reads (``tile`` in latent = low-resolution pixels,
-    a multiple of 64)."""
 
     def __init__(self, student: StudentFile, placement: Placement) -> None:
         self.meta = student.meta
@@ -87,21 +80,13 @@ class ResShiftModel:
         self.vq_config = VQConfig.from_config(config["vq"])
         if self.vq_config.factor != SCALE:
             raise IncompatibleWeightsError(f"resshift students use a VQ-f{SCALE} autoencoder; this one downsamples by {self.vq_config.factor}.")
-        self.net = SwinUNet(self.unet_config)
         unet_state = {k[len("net.unet."):]: v for k, v in student.tensors.items() if k.startswith("net.unet.")}
-        own = self.net.state_dict()
-        missing_keys = sorted(set(own) - set(unet_state))
-        unexpected = sorted(set(unet_state) - set(own))
-        if missing_keys or unexpected:
-            raise IncompatibleWeightsError(
-                f"resshift student: `net.unet.*` does not fit its config: missing {missing_keys[:5]}, unexpected {unexpected[:5]}."
-            )
-        for key, value in unet_state.items():
-            if value.shape != own[key].shape:
-                raise IncompatibleWeightsError(f"resshift student: `net.unet.{key}` has shape {tuple(value.shape)}, expected {tuple(own[key].shape)}.")
-        self.net.load_state_dict({k: v.float() for k, v in unet_state.items()})
-        self.vq = build_vq(self.vq_config)
+        self.net = fit_state(lambda: SwinUNet(self.unet_config), unet_state, source="resshift student `net.unet.*`",
+                             what=f"the Swin-UNet of its config ({self.unet_config.to_config()})")
         vq_state = {k[len("net.vq."):]: v for k, v in student.tensors.items() if k.startswith("net.vq.")}
+        with torch.device("meta"):  # names and shapes checked before the autoencoder is allocated
+            load_ldm_state(build_vq(self.vq_config), vq_state, self.vq_config, source="resshift student `net.vq.*`", check_only=True)
+        self.vq = build_vq(self.vq_config)
         load_ldm_state(self.vq, vq_state, self.vq_config, source="resshift student `net.vq.*`")
         self.placement = placement
         self.net = placement.place(self.net.eval().requires_grad_(False))
@@ -120,13 +105,7 @@ class ResShiftModel:
             raise KnobError("resshift-onestep students have no t knob.")
         height, width = lr.shape[-2:]
         out = self.super_resolve(lr * 2.0 - 1.0, options=options, on_progress=on_progress)
-        out = ((out[..., : height * SCALE, : width * SCALE] + 1.0) / 2.0).clamp(0.0, 1.0)
-        if tuple(out.shape[-2:]) != size:
-            resized = resize_bicubic(out[0].permute(1, 2, 0).numpy(), size, bit_depth=32)
-            out = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
-        if options.color_fix != "none":
-            reference = torch.from_numpy(resize_bicubic(lr[0].permute(1, 2, 0).numpy(), size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
-            out = color_fix(out, reference, options.color_fix)
+        out = to_size(((out[..., : height * SCALE, : width * SCALE] + 1.0) / 2.0).clamp(0.0, 1.0), lr, size, options)
         emit(on_progress, "colour fix", 1, 1)
         return [out]
 

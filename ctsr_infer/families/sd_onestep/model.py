@@ -15,116 +15,34 @@ so the stage-1 weights are never modified and t = 0 stays exactly the stage-1 ou
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from fractions import Fraction
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-import torch.nn.functional as F
+from ...colorfix import color_fix
+from ...device import Placement, check_finite
+from ...errors import IncompatibleWeightsError, KnobError
+from ...image import resize_bicubic
+from ...lora import fuse, lora_delta
+from ...progress import ProgressCallback, emit
+from ...receptive import context_for, receptive_radius
+from ...student_file import StudentFile
+from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
+from ..base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
+from ..framing import pad_to_multiple
+from .base_model import SD21_BASE, VAE_SCALING, predict_x0
 
-from ..checkpoints import StudentFile
-from ..colorfix import color_fix
-from ..device import Placement, check_finite
-from ..errors import IncompatibleWeightsError, KnobError, WeightsNotFoundError, require
-from ..receptive import context_for, receptive_radius
-from ..image import resize_bicubic
-from ..lora import fuse, lora_delta
-from ..progress import ProgressCallback, emit
-from ..tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from .base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
-
-__all__ = ["SD21_BASE", "alphas_cumprod_scaled_linear", "predict_x0", "SDOneStep", "load_base", "encode_prompt", "pad_to_multiple"]
+__all__ = ["SDOneStep", "FAMILY_NAME"]
 
 logger = logging.getLogger(__name__)
 
-SD21_BASE = "SD 2.1-base (epsilon prediction, 4 latent channels, cross-attention dim 1024)"
-VAE_SCALING = 0.18215
+FAMILY_NAME = "sd-onestep"
 FULL_RES_BYTES_PER_PIXEL = 48
-
-
-def alphas_cumprod_scaled_linear(beta_start: float = 0.00085, beta_end: float = 0.012, steps: int = 1000) -> torch.Tensor:
-    """The cumulative alpha products of a scaled_linear DDPM schedule, computed as diffusers does (fp32)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, steps, dtype=torch.float32) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def predict_x0(sample: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor, timestep: int) -> torch.Tensor:
-    """x0 = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t), in the same float operations as diffusers."""
-    alpha_prod = alphas_cumprod[timestep].to(device=sample.device)
-    beta_prod = 1 - alpha_prod
-    return (sample.float() - beta_prod**0.5 * eps.float()) / alpha_prod**0.5
-
-
-def _read_scheduler(base_dir: Path) -> torch.Tensor:
-    config_path = base_dir / "scheduler" / "scheduler_config.json"
-    if not config_path.is_file():
-        logger.info("no scheduler config in %s; using the SD 2.1-base schedule", base_dir)
-        return alphas_cumprod_scaled_linear()
-    config: dict[str, Any] = json.loads(config_path.read_text())
-    prediction = config.get("prediction_type", "epsilon")
-    schedule = config.get("beta_schedule", "scaled_linear")
-    if prediction != "epsilon" or schedule != "scaled_linear":
-        raise IncompatibleWeightsError(
-            f"base model `{base_dir}` has prediction_type {prediction!r} and beta_schedule {schedule!r}; "
-            f"sd-onestep students expect {SD21_BASE} with a scaled_linear schedule. Point the student at "
-            "stable-diffusion-2-1-base (not the 768-px v-prediction model)."
-        )
-    return alphas_cumprod_scaled_linear(
-        float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012)), int(config.get("num_train_timesteps", 1000))
-    )
-
-
-def load_base(base_dir: str | Path) -> tuple[nn.Module, nn.Module, torch.Tensor]:
-    """Load UNet, VAE and ``alphas_cumprod`` from a folder in diffusers layout (fp32, CPU, eval)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-
-    base_dir = Path(base_dir)
-    for sub in ("unet", "vae"):
-        if not (base_dir / sub / "config.json").is_file():
-            raise WeightsNotFoundError(
-                f"base model folder `{base_dir}` has no `{sub}/config.json`; expected a diffusers layout "
-                "(unet/, vae/, scheduler/) such as a snapshot of stable-diffusion-2-1-base. Download it with "
-                "`ctsr models download MODEL` (the model that needs it), or give a folder that has it with --base DIR "
-                "(Python: `base=`)."
-            )
-    unet = UNet2DConditionModel.from_pretrained(base_dir, subfolder="unet", torch_dtype=torch.float32)
-    vae = AutoencoderKL.from_pretrained(base_dir, subfolder="vae", torch_dtype=torch.float32)
-    if unet.config.in_channels != 4 or vae.config.latent_channels != 4:
-        raise IncompatibleWeightsError(
-            f"base model `{base_dir}` has UNet in_channels {unet.config.in_channels} and VAE latent channels "
-            f"{vae.config.latent_channels}; expected {SD21_BASE}."
-        )
-    return unet.eval().requires_grad_(False), vae.eval().requires_grad_(False), _read_scheduler(base_dir)
-
-
-def encode_prompt(base_dir: str | Path, prompt: str) -> torch.Tensor:
-    """Run the base model's CLIP text encoder once: prompt -> (1, 77, dim) embedding (for converters)."""
-    require("transformers", extra="convert", purpose="Converting an SD-based checkpoint (its prompt embedding)")
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    base_dir = Path(base_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(base_dir, subfolder="tokenizer")
-    encoder = CLIPTextModel.from_pretrained(base_dir, subfolder="text_encoder").eval()
-    ids = tokenizer(prompt, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids
-    with torch.inference_mode():
-        return encoder(ids)[0].float()
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad bottom/right to a multiple: reflect, or replicate when the image is smaller than the pad."""
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if not pad_h and not pad_w:
-        return x
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def _base_description(unet: nn.Module, vae: nn.Module) -> str:
@@ -137,12 +55,6 @@ def _base_description(unet: nn.Module, vae: nn.Module) -> str:
 
 class SDOneStep:
     """A loaded sd-onestep student: plain diffusers modules with the SR LoRA fused in."""
-
-    family = "sd-onestep"
-    options = ("knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget")
-    """The family-specific options this family reads."""
-    min_tile = 16
-    """Smallest UNet tile (latent pixels)."""
 
     def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
         self.meta = student.meta

@@ -18,7 +18,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from ..errors import IncompatibleWeightsError
+from ...errors import IncompatibleWeightsError
+from ..state import check_state
 
 __all__ = ["VQConfig", "build_vq", "ldm_to_diffusers", "diffusers_to_ldm", "load_ldm_state", "quantize_nearest"]
 
@@ -145,21 +146,16 @@ def diffusers_to_ldm(state: Mapping[str, torch.Tensor], config: VQConfig) -> dic
     return out
 
 
-def load_ldm_state(model: nn.Module, state: Mapping[str, torch.Tensor], config: VQConfig, *, source: str) -> None:
+def load_ldm_state(model: nn.Module, state: Mapping[str, torch.Tensor], config: VQConfig, *, source: str,
+                   check_only: bool = False) -> None:
     """Load a latent-diffusion-layout state dict into ``model`` strictly, naming missing keys in
-    the public layout."""
+    the public layout (``check_only``: names and shapes only, e.g. against a model on the meta device)."""
     converted = ldm_to_diffusers(state, config, source=source)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(converted))
-    if missing:
-        inverse = {_map_key(k, len(config.ch_mult)): k for k in _public_keys(config)}
-        names = [inverse.get(k, k) for k in missing]
-        raise IncompatibleWeightsError(f"{source}: missing {names[:6]}{' ...' if len(names) > 6 else ''} for the VQ autoencoder {config.to_config()}.")
-    for key, tensor in own.items():
-        if converted[key].shape != tensor.shape:
-            raise IncompatibleWeightsError(
-                f"{source}: `{key}` has shape {tuple(converted[key].shape)}, the VQ autoencoder {config.to_config()} expects {tuple(tensor.shape)}."
-            )
+    inverse = {_map_key(k, len(config.ch_mult)): k for k in _public_keys(config)}
+    check_state(model.state_dict(), converted, source=source, what=f"the VQ autoencoder {config.to_config()}",
+                name=lambda key: inverse.get(key) or key)
+    if check_only:
+        return
     model.load_state_dict({k: v.float() for k, v in converted.items()}, strict=True)
 
 

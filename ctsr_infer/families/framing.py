@@ -1,0 +1,53 @@
+"""Framing a network's output into the requested image, the same way for every family: padding the
+input to the network's multiple, resizing the result to the target size, and the colour fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..colorfix import color_fix
+from ..image import resize_bicubic
+from .base import RunOptions
+
+__all__ = ["pad_to_multiple", "bicubic", "to_size"]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad bottom/right to a multiple: reflect, or replicate when the image is smaller than the pad."""
+    height, width = x.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return x
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+
+
+def bicubic(frame: torch.Tensor, size: tuple[int, int], *, bit_depth: int = 32) -> torch.Tensor:
+    """(3, h, w) float in [0, 1] -> (1, 3, *size) with the image path's bicubic kernel (antialiased when
+    shrinking; 8-bit sources resampled as OSEDiff does)."""
+    resized = resize_bicubic(frame.permute(1, 2, 0).numpy(), size, bit_depth=bit_depth)
+    return torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None]
+
+
+def to_size(out: torch.Tensor, lr: torch.Tensor, size: tuple[int, int], options: RunOptions,
+            references: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+    """A native-scale result (N, 3, h', w') -> (N, 3, *size) in [0, 1]: bicubic-resized where the scale
+    differs, then colour-fixed against the bicubic upsample of its input ``lr`` (N, 3, h, w). With a
+    colour fix the unclamped output is resized and fixed (clamping first would bias the colour of
+    saturated areas; the fix clamps); without one it is clamped before resizing.
+
+    ``references`` caches the colour references per image across calls (one per t)."""
+    references = references if references is not None else [None] * lr.shape[0]
+    frames = []
+    for index, frame in enumerate(out if options.color_fix != "none" else out.clamp(0.0, 1.0)):
+        frame = frame[None]
+        if tuple(frame.shape[-2:]) != size:
+            frame = bicubic(frame[0], size)
+        if options.color_fix != "none":
+            if references[index] is None:
+                references[index] = bicubic(lr[index], size, bit_depth=options.bit_depth)
+            frame = color_fix(frame, references[index], options.color_fix, inplace=True)
+        frames.append(frame)
+    return frames[0] if len(frames) == 1 else torch.cat(frames)
