@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import Result
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -23,7 +24,7 @@ def _photos(folder: Path) -> Path:
     return folder
 
 
-def _error_line(result) -> str:
+def _error_line(result: Result) -> str:
     assert isinstance(result.exception, SystemExit), result.exception
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]

@@ -29,7 +29,11 @@ from ..plan import _discover
 if TYPE_CHECKING:
     import torch
 
+    from .colearn import ColearnConfig
+    from .ctsr_stage1 import Stage1Config
+    from .ctsr_stage2 import Stage2Config
     from .lite import LiteConfig
+    from .tadsr import TadsrConfig
     from .trainer import Recipe
 
 __all__ = [
@@ -104,8 +108,8 @@ def _require_train_extra(*modules: str) -> None:
         require(module, extra="train", purpose="Training")
 
 
-def ctsr_stage1(student: PathLike, base: PathLike, fidelity: PathLike, photos: PathLike, *, config: Any = None,
-                crop: int = 512, **overrides: Any) -> PreparedRecipe:
+def ctsr_stage1(student: PathLike, base: PathLike, fidelity: PathLike, photos: PathLike, *,
+                config: Stage1Config | PathLike | None = None, crop: int = 512, **overrides: Any) -> PreparedRecipe:
     """CTSR stage 1: distil a realness (OSEDiff) and a fidelity (ResShift) teacher into the student's LoRA.
 
     ``config``: a :class:`~ctsr_infer.train.ctsr_stage1.Stage1Config`, a settings file or None;
@@ -119,8 +123,8 @@ def ctsr_stage1(student: PathLike, base: PathLike, fidelity: PathLike, photos: P
     return PreparedRecipe("stage 1", trainer, lambda seed: paired_batches(files, crop=crop, seed=seed), "total")
 
 
-def ctsr_stage2(stage1: PathLike, base: PathLike, images: PathLike, *, config: Any = None, crop: int = 128,
-                **overrides: Any) -> PreparedRecipe:
+def ctsr_stage2(stage1: PathLike, base: PathLike, images: PathLike, *, config: Stage2Config | PathLike | None = None,
+                crop: int = 128, **overrides: Any) -> PreparedRecipe:
     """CTSR stage 2: distil the fidelity path of the stage-1 student into a ctrl LoRA (Eq. 8).
 
     ``images``: a folder of low-resolution training images; ``crop``: the low-resolution crop side."""
@@ -138,8 +142,8 @@ def ctsr_stage2(stage1: PathLike, base: PathLike, images: PathLike, *, config: A
     return PreparedRecipe("stage 2", trainer, lambda seed: lr_batches(pixels, batch=settings.batch, crop=crop, seed=seed), "ctrl")
 
 
-def resshift_distillation(recipe: Literal["tadsr", "colearn"], teacher: PathLike, photos: PathLike, *, config: Any = None,
-                          **overrides: Any) -> PreparedRecipe:
+def resshift_distillation(recipe: Literal["tadsr", "colearn"], teacher: PathLike, photos: PathLike, *,
+                          config: TadsrConfig | ColearnConfig | PathLike | None = None, **overrides: Any) -> PreparedRecipe:
     """A one-step student distilled from a ResShift teacher (a ``resshift-onestep`` student file):
     ``tadsr`` (TAD-SR) or ``colearn`` (co-learning). Both draw (LR, HR) pairs from the photographs."""
     files = find_images(photos, argument="photos", hint=_PHOTOS_HINT)
@@ -162,12 +166,12 @@ def resshift_distillation(recipe: Literal["tadsr", "colearn"], teacher: PathLike
     return PreparedRecipe(recipe, trainer, lambda seed: stacked(paired_batches(files, crop=settings.crop, seed=seed), settings.batch), loss)
 
 
-def tadsr(teacher: PathLike, photos: PathLike, *, config: Any = None, **overrides: Any) -> PreparedRecipe:
+def tadsr(teacher: PathLike, photos: PathLike, *, config: TadsrConfig | PathLike | None = None, **overrides: Any) -> PreparedRecipe:
     """TAD-SR: distil the ResShift teacher into a one-step student (distillation + HSD + time-aware GAN)."""
     return resshift_distillation("tadsr", teacher, photos, config=config, **overrides)
 
 
-def colearn(teacher: PathLike, photos: PathLike, *, config: Any = None, **overrides: Any) -> PreparedRecipe:
+def colearn(teacher: PathLike, photos: PathLike, *, config: ColearnConfig | PathLike | None = None, **overrides: Any) -> PreparedRecipe:
     """Co-learning: a one-step upsampler with a learnable downsampler and two discriminators."""
     return resshift_distillation("colearn", teacher, photos, config=config, **overrides)
 
