@@ -1,9 +1,9 @@
 """Per-stage speed and memory of one configuration: the harness behind ``ctsr bench`` and ``benchmarks/``.
 
 Speed and memory do not depend on weight values, so the families can be measured at full size with
-random weights anywhere (:func:`random_model`): ``sd-onestep`` is SD 2.1-base's UNet (865 M) and VAE
-(84 M), ``resshift-onestep`` ResShift's Swin-UNet (118.6 M) and VQ-f4 (55.3 M); ``lite`` is the
-shipped model. Each configuration runs in a fresh process (:func:`run_isolated`) so its peak RSS is
+random weights anywhere (:func:`random_model`: each family's ``random_model``, e.g. SD 2.1-base's UNet
+(865 M) and VAE (84 M), ResShift's Swin-UNet (118.6 M) and VQ-f4 (55.3 M); the lite family gives its
+shipped model). Each configuration runs in a fresh process (:func:`run_isolated`) so its peak RSS is
 its own. Stage times come from the progress events: a stage lasts from the end of the previous
 stage to its own last event.
 """
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from . import progress
 from .families import FAMILIES
 
 if TYPE_CHECKING:
@@ -35,7 +36,8 @@ __all__ = ["BenchResult", "random_model", "measure", "run_isolated", "peak_rss_g
 
 FAMILY_NAMES = tuple(FAMILIES)
 """Names ``measure`` takes for a random full-size model of a family (from the family registry)."""
-STAGES = ("preprocess", "encode", "denoise", "knob", "decode", "network", "colour fix")
+STAGES = tuple(stage for stage in progress.STAGES if stage not in ("download", "file"))
+"""The stages of one image, in the order they run."""
 
 
 def peak_rss_gb() -> float:

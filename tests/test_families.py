@@ -289,3 +289,17 @@ def test_a_file_claiming_a_huge_network_fails_before_allocating_it(tmp_path: Pat
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert "expects" in result["error"] and "net.unet" in result["error"]
     assert result["grew_mb"] < 500, result
+
+
+def test_every_emitted_progress_stage_is_documented() -> None:
+    """``progress.STAGES`` lists exactly the stage names the library emits."""
+    from ctsr_infer.progress import STAGES
+
+    emitted = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "emit" and len(node.args) >= 2:
+                stage = node.args[1]
+                if isinstance(stage, ast.Constant):  # a computed name is typed `Stage`: mypy checks it
+                    emitted.add(stage.value)
+    assert emitted == set(STAGES)

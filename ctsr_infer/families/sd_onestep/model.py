@@ -29,7 +29,7 @@ from ...device import Placement, check_finite
 from ...errors import IncompatibleWeightsError, KnobError
 from ...image import resize_bicubic
 from ...lora import fuse, lora_delta
-from ...progress import ProgressCallback, emit
+from ...progress import ProgressCallback, Stage, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
@@ -279,7 +279,7 @@ class SDOneStep:
         return image.float().clamp(-1.0, 1.0)
 
     def _tiled_unet(self, fn: Callable[[torch.Tensor], torch.Tensor], latents: torch.Tensor, plan: TilePlan | None,
-                    on_progress: ProgressCallback | None, stage: str) -> torch.Tensor:
+                    on_progress: ProgressCallback | None, stage: Stage) -> torch.Tensor:
         plan = plan or TilePlan.untiled()
 
         def run(tile: int) -> torch.Tensor:
