@@ -157,6 +157,15 @@ def test_the_loaded_weights_come_off_the_budget(upscaler) -> None:
     assert model.plan(4096, 4096, options).vae_tile == 64
 
 
+def test_the_budget_for_tiles_takes_off_the_weights_and_the_full_resolution_buffers() -> None:
+    from ctsr_infer.tiling.budget import MIN_TILE_BUDGET, budget_for_tiles, default_memory_budget
+
+    cpu, net = torch.device("cpu"), torch.nn.Linear(10, 10)  # 110 fp32 parameters: 440 bytes
+    assert budget_for_tiles(1e9, cpu, networks=[net], height=100, width=200) == 1e9 - 440 - 48 * 100 * 200
+    assert budget_for_tiles(None, cpu, networks=[net, net], height=1, width=1) == default_memory_budget(cpu) - 880 - 48
+    assert budget_for_tiles(2e8, cpu, networks=[net], height=2000, width=2000) == MIN_TILE_BUDGET  # never below the floor
+
+
 def _sd_depth_vae():
     """A VAE with SD 2.1's depth (4 levels, 2 resnets each, mid-block attention) and narrow channels."""
     from diffusers import AutoencoderKL
