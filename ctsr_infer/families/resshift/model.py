@@ -37,7 +37,8 @@ from ...progress import ProgressCallback, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from ..base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
+from ...tiling.budget import budget_for_tiles
+from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple, to_size
 from ..state import fit_state
 from .shift_diffusion import Sampler, ShiftSchedule
@@ -140,9 +141,8 @@ class ResShiftModel:
         if tile % multiple:
             raise InvalidInputError(f"`tile` for resshift students must be a multiple of {multiple} latent pixels, got {tile}.")
         overlap = 64 if options.tile_overlap is None else options.tile_overlap
-        weights = sum(p.numel() * p.element_size() for m in (self.net, self.vq) for p in m.parameters())
-        budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights - 48 * height * width
-        return TilePlan.decide(height, width, replace(options, tile=tile, tile_overlap=min(overlap, tile - multiple), memory_budget=max(budget, 1e8)),
+        budget = budget_for_tiles(options.memory_budget, self.placement.device, networks=(self.net, self.vq), height=height, width=width)
+        return TilePlan.decide(height, width, replace(options, tile=tile, tile_overlap=min(overlap, tile - multiple), memory_budget=budget),
                                vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device,
                                contexts=self.vq_contexts, latent_scale=SCALE)
 

@@ -33,7 +33,8 @@ from ...progress import ProgressCallback, Stage, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
-from ..base import RunOptions, TilePlan, default_memory_budget, run_in_fp32
+from ...tiling.budget import budget_for_tiles
+from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple
 from .base_model import SD21_BASE, VAE_SCALING, predict_x0
 
@@ -42,7 +43,6 @@ __all__ = ["SDOneStep", "FAMILY_NAME"]
 logger = logging.getLogger(__name__)
 
 FAMILY_NAME = "sd-onestep"
-FULL_RES_BYTES_PER_PIXEL = 48
 
 
 def _base_description(unet: nn.Module, vae: nn.Module) -> str:
@@ -204,9 +204,8 @@ class SDOneStep:
 
         The loaded weights and the full-resolution buffers (input, padded copy, output and blend
         weights: about 48 bytes per pixel) live in the same memory, so they come off the budget first."""
-        weights = sum(p.numel() * p.element_size() for m in (self.unet, self.vae) for p in m.parameters())
-        budget = (options.memory_budget or default_memory_budget(self.placement.device)) - weights - FULL_RES_BYTES_PER_PIXEL * height * width
-        return TilePlan.decide(height, width, replace(options, memory_budget=max(budget, 1e8)),
+        budget = budget_for_tiles(options.memory_budget, self.placement.device, networks=(self.unet, self.vae), height=height, width=width)
+        return TilePlan.decide(height, width, replace(options, memory_budget=budget),
                                vae_bytes=torch.finfo(self.placement.vae_dtype).bits // 8, device=self.placement.device,
                                contexts=self.vae_contexts)
 
