@@ -14,7 +14,7 @@ from pathlib import Path
 from .errors import InvalidInputError
 from .image import _FORMATS, IMAGE_EXTENSIONS
 
-__all__ = ["Job", "OUTPUT_FORMATS", "plan_jobs", "check_plan", "t_suffix", "format_of"]
+__all__ = ["find_images", "Job", "OUTPUT_FORMATS", "plan_jobs", "check_plan", "t_suffix", "format_of"]
 
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "gif")
 """``--format`` values of folder outputs."""
@@ -56,6 +56,12 @@ def _roots(inputs: Sequence[Path]) -> dict[int, Path]:
         taken.add(candidate.casefold())
         roots[index] = Path(candidate)
     return roots
+
+
+def find_images(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """The image files of a folder as a folder run finds them (known extensions, hidden files
+    skipped, sorted): the one discovery that ``upscale`` and the training recipes share."""
+    return [source for source, _ in _discover([Path(folder)], recursive=recursive)] if Path(folder).is_dir() else []
 
 
 def _discover(inputs: Sequence[Path], *, recursive: bool, exclude: Path | None = None) -> list[tuple[Path, Path]]:

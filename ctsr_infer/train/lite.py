@@ -56,6 +56,7 @@ from safetensors.torch import load_file, save_file
 from ..atomic import atomic_write
 from ..student_file import StudentFile, StudentMeta, load_student, save_student
 from ..device import native_bf16_cpu
+from ..plan import find_images
 from ..families.lite import LiteNet
 from ..knob import Knob
 from .degradations import DegradationConfig, bicubic_degrade, degrade
@@ -119,7 +120,7 @@ class LiteConfig:
 
 
 def split_photos(photos: Path, holdout: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
-    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = find_images(photos)
     held = [p for p in files if p.stem in holdout]
     return [p for p in files if p.stem not in holdout], held
 

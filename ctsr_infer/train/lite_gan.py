@@ -44,9 +44,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..student_file import StudentFile, StudentMeta, save_student
 from ..families.lite import LiteNet
 from ..knob import Knob
+from ..plan import find_images
+from ..student_file import StudentFile, StudentMeta, save_student
 from .degradations import DegradationConfig, MildConfig, bicubic_degrade, degrade, mild_degrade
 from .lite import shrink_photo
 from .teachers import RRDBNet, load_rrdbnet_from_ncnn, realesrgan_files
@@ -122,7 +123,7 @@ class LiteGanConfig:
 
 
 def training_files(cfg: LiteGanConfig) -> list[Path]:
-    files = sorted(p for p in cfg.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    files = find_images(cfg.photos)
     kept = [p for p in files if p.stem not in cfg.holdout and p.stem not in cfg.validation]
     if not kept:
         raise FileNotFoundError(f"no training photos in `{cfg.photos}`; run scripts/fetch_photos.sh first.")

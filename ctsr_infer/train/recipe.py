@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..errors import CtsrError, InvalidInputError, require
 from ..image import IMAGE_EXTENSIONS
-from ..plan import _discover
+from ..plan import find_images as discover_images
 
 if TYPE_CHECKING:
     import torch
@@ -78,7 +78,7 @@ def find_images(folder: PathLike, *, argument: str, hint: str = "") -> list[Path
         InvalidInputError: ``folder`` is not a folder or holds no image file.
     """
     folder = Path(folder)
-    files = [source for source, _ in _discover([folder], recursive=False)] if folder.is_dir() else []
+    files = discover_images(folder)
     if not files:
         raise InvalidInputError(f"`{argument}` `{folder}` holds no images ({' '.join(sorted(IMAGE_EXTENSIONS))}){hint}.")
     return files
