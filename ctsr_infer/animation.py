@@ -71,7 +71,7 @@ def read_animation(path: str | os.PathLike[str]) -> Animation:
         with Image.open(path) as handle:
             fmt = handle.format or "GIF"
             loop = int(handle.info.get("loop", 0) or 0)
-            for index in range(handle.n_frames):
+            for index in range(getattr(handle, "n_frames", 1)):  # as is_animated: a plugin attribute
                 handle.seek(index)
                 handle.load()  # WebP sets a frame's duration when it is decoded
                 durations.append(int(handle.info.get("duration", 100) or 100))
@@ -107,5 +107,5 @@ def write_animation(animation: Animation, frames: list[ImageData], path: Path, *
         if encoding.get("quality") is not None:
             options["quality"] = encoding["quality"]
     buffer = io.BytesIO()
-    images[0].save(buffer, format=fmt, **options)  # type: ignore[arg-type]
+    images[0].save(buffer, format=fmt, **options)
     return [atomic_write(path, buffer.getvalue(), overwrite=overwrite)]

@@ -77,7 +77,7 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | None = None, *,
-                 writer: Callable[[Path], None] | None = None, overwrite: bool = True) -> Path:
+                 writer: Callable[[Path], object] | None = None, overwrite: bool = True) -> Path:
     """Write ``data`` (bytes or text, UTF-8) or whatever ``writer(tmp_path)`` writes to ``path``, atomically.
 
     The content goes to a unique temporary file in the same folder, which is fsync'd and then renamed
@@ -91,7 +91,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str | None = None, 
     with temporary_beside(path) as tmp:
         if writer is not None:
             writer(tmp)
-        else:
-            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)  # type: ignore[union-attr]
+        elif data is not None:  # always, given the check above
+            tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
         publish(tmp, path, overwrite=overwrite)
     return path

@@ -189,7 +189,7 @@ def run_batch(
                 raise
             except Exception:  # noqa: BLE001 - find the bad file by running them one by one
                 logger.debug("a batch of %d failed; running its files one by one", len(group), exc_info=True)
-        results: list[list[Any] | BaseException] = []
+        results: list[list[Any] | _Animated | BaseException] = []
         for data in group:
             try:
                 results.append(upscaler.process(data, t=t_arg, on_progress=on_progress, **options))
@@ -263,7 +263,7 @@ def run_batch(
                 for index, data in loaded.items():
                     key = ("animation", index) if isinstance(data, Animation) else (data.size, data.bit_depth)
                     groups.setdefault(key, []).append(index)
-                outputs: dict[int, list[Any] | BaseException] = {}
+                outputs: dict[int, list[Any] | _Animated | BaseException] = {}
                 for members in groups.values():
                     outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))
                 settle()

@@ -7,7 +7,7 @@ import platform
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Literal, TypeVar, get_args
 
 import torch
 
@@ -17,12 +17,20 @@ from .settings import current
 if TYPE_CHECKING:
     from .families.family import CpuFastPath
 
-__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "native_bf16_cpu", "NonFinite", "check_finite"]
+__all__ = ["DeviceName", "DtypeName", "Placement", "resolve", "native_bf16_cpu", "NonFinite", "check_finite", "to_channels_last"]
 
 logger = logging.getLogger(__name__)
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DtypeName = Literal["auto", "fp32", "bf16", "fp16"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def to_channels_last(module: M) -> M:
+    """``module`` with its 4-D parameters and buffers in channels-last memory format (``nn.Module.to``)."""
+    # torch's stubs omit the memory_format keyword that nn.Module.to accepts
+    return torch.nn.Module.to(module, memory_format=torch.channels_last)  # type: ignore[call-overload]
+
 
 @lru_cache(maxsize=1)
 def native_bf16_cpu() -> bool:
@@ -64,10 +72,10 @@ class Placement:
         x = x.to(self.device, dtype or self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    def place(self, module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    def place(self, module: M, dtype: torch.dtype | None = None) -> M:
         """Move a module to the device, dtype and layout (``nn.Module.to``: no diffusers cast warnings)."""
         module = torch.nn.Module.to(module, device=self.device, dtype=dtype or self.dtype)
-        return torch.nn.Module.to(module, memory_format=torch.channels_last) if self.channels_last else module
+        return to_channels_last(module) if self.channels_last else module
 
 
 def _cuda_ok() -> bool:

@@ -118,10 +118,14 @@ _ALLOWED: dict[tuple[str, str], object] = {
 }
 
 
-class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]  # the C one cannot be bounded
+class _RestrictedUnpickler(pickle._Unpickler):  # the pure-Python one: the C one cannot be bounded
     """Builds only what :data:`_ALLOWED` names; storages come from ``storage`` (none in a plain pickle)."""
 
-    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    # Set up by pickle._Unpickler.load() (undocumented, so typeshed does not declare them).
+    stack: list[Any]
+    append: Callable[[Any], None]
+    pop_mark: Callable[[], list[Any]]
 
     def __init__(self, file: IO[bytes], storage: Callable[[Any], _Storage] | None = None) -> None:
         super().__init__(file)

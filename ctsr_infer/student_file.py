@@ -42,7 +42,8 @@ from .knob import Knob
 META_KEY = "ctsr.meta"
 """The safetensors header key holding a student file's metadata."""
 
-__all__ = ["FORMAT_VERSION", "META_KEY", "Adapter", "StudentMeta", "StudentFile", "save_student", "load_student", "check_fields"]
+__all__ = ["FORMAT_VERSION", "META_KEY", "Adapter", "StudentMeta", "StudentFile", "save_student", "load_student", "check_fields",
+           "FieldBounds"]
 
 FORMAT_VERSION = 1
 Component = Literal["unet", "vae"]
@@ -58,7 +59,12 @@ _FAMILY_NAME = re.compile(r"[a-z0-9][a-z0-9\-]{0,63}")
 _BASE_KEYS = ("repo_id", "revision", "path", "subfolder")
 
 
-def check_fields(values: Mapping[str, Any], bounds: Mapping[str, tuple[type | tuple[type, ...], float, float]], *, where: str) -> None:
+_NumberType = type[int] | type[float]
+FieldBounds = tuple[_NumberType | tuple[_NumberType, ...], float, float]
+"""A numeric field's allowed type(s) (``bool`` only where named), lowest and highest value."""
+
+
+def check_fields(values: Mapping[str, Any], bounds: Mapping[str, FieldBounds], *, where: str) -> None:
     """Check each present field of ``values`` against ``bounds``: name -> (type(s), low, high), both
     inclusive (for sequences: each element), and refuse unknown names. ``bool`` is never a number."""
     unknown = sorted(set(values) - set(bounds))

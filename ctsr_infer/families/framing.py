@@ -46,8 +46,9 @@ def to_size(out: torch.Tensor, lr: torch.Tensor, size: tuple[int, int], options:
         if tuple(frame.shape[-2:]) != size:
             frame = bicubic(frame[0], size)
         if options.color_fix != "none":
-            if references[index] is None:
-                references[index] = bicubic(lr[index], size, bit_depth=options.bit_depth)
-            frame = color_fix(frame, references[index], options.color_fix, inplace=True)
+            reference = references[index]
+            if reference is None:
+                reference = references[index] = bicubic(lr[index], size, bit_depth=options.bit_depth)
+            frame = color_fix(frame, reference, options.color_fix, inplace=True)
         frames.append(frame)
     return frames[0] if len(frames) == 1 else torch.cat(frames)

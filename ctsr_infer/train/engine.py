@@ -173,16 +173,18 @@ class Engine:
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     import torch.distributed as dist
 
+    grads = []
     for p in params:
         if p.grad is None:  # every process must contribute the same sizes
             p.grad = torch.zeros_like(p)
-    for dtype in dict.fromkeys(p.grad.dtype for p in params):  # same order in every process
-        same = [p for p in params if p.grad.dtype == dtype]
-        flat = torch.cat([p.grad.reshape(-1) for p in same])
+        grads.append(p.grad)
+    for dtype in dict.fromkeys(g.dtype for g in grads):  # same order in every process
+        same = [g for g in grads if g.dtype == dtype]
+        flat = torch.cat([g.reshape(-1) for g in same])
         dist.all_reduce(flat)
         flat /= world
         offset = 0
-        for p in same:
-            n = p.grad.numel()
-            p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+        for g in same:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
             offset += n

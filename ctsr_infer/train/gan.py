@@ -47,6 +47,7 @@ class _Head(nn.Module):
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(embed_dim, 2 * channels))
         self.norm = GroupNorm32(channels)
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        assert self.conv.bias is not None
         nn.init.zeros_(self.conv.weight)
         nn.init.zeros_(self.conv.bias)
         groups = 4 if channels % 4 == 0 else 1

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..device import to_channels_last
 from ..families.lite import LiteNet
 from ..knob import Knob
 from ..plan import find_images
@@ -210,6 +211,18 @@ class _Teacher:
         return self.model.trunk[: self.feature_blocks](self.model.head(x))
 
 
+@dataclass
+class _Student:
+    """One variant in training: the student, its EMA copy, its discriminator and their optimisers."""
+
+    variant: Variant
+    net: LiteNet
+    ema: LiteNet
+    disc: PatchDiscriminator
+    opt: torch.optim.Optimizer
+    dopt: torch.optim.Optimizer
+
+
 def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -256,9 +269,9 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
         torch.backends.cudnn.benchmark = True
     # 2. the realness teacher
     model = teacher if teacher is not None else load_rrdbnet_from_ncnn(*realesrgan_files())
-    real = _Teacher(model.to(device, memory_format=torch.channels_last), cfg.feature_blocks)
+    real = _Teacher(to_channels_last(model.to(device)), cfg.feature_blocks)
     # 3. one student, its EMA, a discriminator and two optimisers per variant
-    students = []
+    students: list[_Student] = []
     start_weights = None
     if cfg.init is not None:
         from ..student_file import load_student
@@ -268,17 +281,17 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
         net = LiteNet(channels=cfg.channels, blocks=cfg.blocks)
         if start_weights is not None:
             net.load_state_dict(start_weights)
-        net = net.to(device, memory_format=torch.channels_last)
+        net = to_channels_last(net.to(device))
         ema = LiteNet(channels=cfg.channels, blocks=cfg.blocks).to(device).requires_grad_(False)
         ema.load_state_dict(net.state_dict())
-        disc = PatchDiscriminator().to(device, memory_format=torch.channels_last)
-        students.append({
-            "variant": variant, "net": net, "ema": ema, "disc": disc,
-            "opt": torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99)),
-            "dopt": torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.99)),
-        })
+        disc = to_channels_last(PatchDiscriminator().to(device))
+        students.append(_Student(
+            variant=variant, net=net, ema=ema, disc=disc,
+            opt=torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.99)),
+            dopt=torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.99)),
+        ))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    paths = {s["variant"].name: cfg.work / f"ctsr-lite-{s['variant'].name}.safetensors" for s in students}
+    paths = {s.variant.name: cfg.work / f"ctsr-lite-{s.variant.name}.safetensors" for s in students}
     start = last_save = time.perf_counter()
     step = 0
     log = (cfg.work / "train_log.jsonl").open("a")
@@ -301,8 +314,8 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
         t_mid = torch.rand(n, device=device)
         record: dict[str, float] = {"step": step, "s": round(elapsed, 1)}
         for s in students:
-            variant, net, disc = s["variant"], s["net"], s["disc"]
-            for group in s["opt"].param_groups:
+            variant, net, disc = s.variant, s.net, s.disc
+            for group in s.opt.param_groups:
                 group["lr"] = _schedule(progress, cfg.lr)
             with autocast:
                 faithful = net(x, ones).float()
@@ -316,22 +329,22 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
                 loss_gan = -disc(realistic).float().mean() if gan_on and variant.lambda_gan else realistic.new_zeros(())
                 loss = (cfg.lambda_rec * loss_rec + cfg.lambda_teacher * loss_teacher + variant.lambda_feature * loss_feature
                         + cfg.lambda_path * loss_path + variant.lambda_gan * loss_gan)
-            s["opt"].zero_grad(set_to_none=True)
+            s.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            s["opt"].step()
+            s.opt.step()
             with torch.no_grad():
                 decay = min(cfg.ema, (1 + step) / (10 + step))
-                for p_ema, p in zip(s["ema"].parameters(), net.parameters()):
+                for p_ema, p in zip(s.ema.parameters(), net.parameters()):
                     p_ema.lerp_(p, 1 - decay)
             if gan_on and variant.lambda_gan:
-                for group in s["dopt"].param_groups:
+                for group in s.dopt.param_groups:
                     group["lr"] = _schedule(progress, cfg.disc_lr)
                 with autocast:
                     d_loss = (F.relu(1 - disc(target_real)).float().mean() + F.relu(1 + disc(realistic.detach())).float().mean())
-                s["dopt"].zero_grad(set_to_none=True)
+                s.dopt.zero_grad(set_to_none=True)
                 d_loss.backward()
-                s["dopt"].step()
+                s.dopt.step()
                 record[f"{variant.name}/d"] = round(d_loss.item(), 4) if step % cfg.log_every == 0 else 0.0
             if step % cfg.log_every == 0:
                 record.update({f"{variant.name}/rec": loss_rec.item(), f"{variant.name}/teacher": loss_teacher.item(),
@@ -344,10 +357,10 @@ def train_lite_gan(cfg: LiteGanConfig, *, teacher: RRDBNet | None = None) -> dic
         step += 1
         if time.perf_counter() - last_save > cfg.save_every_s:
             for s in students:
-                export_student(s["ema"], cfg, paths[s["variant"].name], variant=s["variant"], steps=step)
+                export_student(s.ema, cfg, paths[s.variant.name], variant=s.variant, steps=step)
             last_save = time.perf_counter()
     for s in students:
-        export_student(s["ema"], cfg, paths[s["variant"].name], variant=s["variant"], steps=step)
+        export_student(s.ema, cfg, paths[s.variant.name], variant=s.variant, steps=step)
     log.write(json.dumps({"done": step, "s": round(time.perf_counter() - start, 1)}) + "\n")
     log.close()
     logger.info("trained %d steps in %.0f s", step, time.perf_counter() - start)

@@ -116,11 +116,17 @@ def read_ncnn_convs(param_path: Path) -> list[NcnnConv]:
 def _rrdb_convs(model: RRDBNet) -> list[tuple[nn.Conv2d, float | None]]:
     """The model's convs in ncnn file order with the leaky slope each must carry."""
     order: list[tuple[nn.Conv2d, float | None]] = [(model.head, None)]
-    for rrdb in model.trunk:
-        for dense in rrdb.dense:
-            order.extend((conv, 0.2 if index < 4 else None) for index, conv in enumerate(dense.convs))
+    for dense in (m for m in model.trunk.modules() if isinstance(m, _DenseBlock)):  # in RRDB order
+        convs = [conv for conv in dense.convs if isinstance(conv, nn.Conv2d)]
+        order.extend((conv, 0.2 if index < 4 else None) for index, conv in enumerate(convs))
     order += [(model.body, None), (model.up1, 0.2), (model.up2, 0.2), (model.hr, 0.2), (model.last, None)]
     return order
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    if conv.bias is None:  # every RRDBNet conv has one
+        raise IncompatibleWeightsError(f"{conv} has no bias.")
+    return conv.bias
 
 
 def load_rrdbnet_from_ncnn(param_path: Path, bin_path: Path, **arch: int) -> RRDBNet:
@@ -136,7 +142,7 @@ def load_rrdbnet_from_ncnn(param_path: Path, bin_path: Path, **arch: int) -> RRD
         weight_shape = tuple(module.weight.shape)
         if layer.out_channels != weight_shape[0] or layer.weight_count != int(np.prod(weight_shape)) or layer.kernel != weight_shape[2]:
             raise IncompatibleWeightsError(f"ncnn layer {layer.name} ({layer.out_channels} outputs, {layer.weight_count} weights) does not fit {weight_shape}.")
-        if (layer.leaky is None) != (slope is None) or (slope is not None and abs(layer.leaky - slope) > 1e-6):  # type: ignore[operator]
+        if (layer.leaky is None) != (slope is None) or (slope is not None and layer.leaky is not None and abs(layer.leaky - slope) > 1e-6):
             raise IncompatibleWeightsError(f"ncnn layer {layer.name} has activation {layer.leaky}, the architecture expects {slope}.")
         (tag,) = struct.unpack_from("<I", blob, offset)
         offset += 4
@@ -152,7 +158,7 @@ def load_rrdbnet_from_ncnn(param_path: Path, bin_path: Path, **arch: int) -> RRD
         if layer.bias:
             bias = np.frombuffer(blob, dtype="<f4", count=layer.out_channels, offset=offset).copy()
             offset += 4 * layer.out_channels
-            module.bias.data = torch.from_numpy(bias)
+            _bias(module).data = torch.from_numpy(bias)
     if offset != len(blob):
         raise IncompatibleWeightsError(f"`{bin_path}` has {len(blob) - offset} bytes left after the last layer; the model does not match.")
     return model.eval()
@@ -168,7 +174,7 @@ def write_ncnn_rrdbnet(model: RRDBNet, param_path: Path, bin_path: Path, *, fp16
         lines.append(f"Convolution Conv_{index} 1 1 in{index} out{index} 0={weight.shape[0]} 1={weight.shape[2]} 4=1 5=1 6={weight.size}{activation}")
         blob += struct.pack("<I", _TAG_FP16 if fp16 else _TAG_FP32)
         blob += weight.astype("<f2" if fp16 else "<f4").tobytes()
-        blob += module.bias.detach().numpy().astype("<f4").tobytes()
+        blob += _bias(module).detach().numpy().astype("<f4").tobytes()
     param_path.write_text("7767517\n" + f"{len(lines)} {len(lines)}\n" + "\n".join(lines) + "\n")
     bin_path.write_bytes(bytes(blob))
 

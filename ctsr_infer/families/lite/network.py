@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,10 @@ class LiteNet(nn.Module):
         self.convs2 = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1) for _ in range(blocks))
         self.body = nn.Conv2d(channels, channels, 3, padding=1)
         self.tail = nn.Conv2d(channels, 3 * scale * scale, 3, padding=1)
-        nn.init.zeros_(self.film[-1].weight)
-        nn.init.zeros_(self.film[-1].bias)
+        film_out = self.film[-1]
+        assert isinstance(film_out, nn.Linear) and self.tail.bias is not None
+        nn.init.zeros_(film_out.weight)
+        nn.init.zeros_(film_out.bias)
         icnr_(self.tail.weight, scale)
         nn.init.zeros_(self.tail.bias)
 
@@ -58,7 +60,7 @@ class LiteNet(nn.Module):
         # per block; the same result up to float rounding
         folded = not torch.is_grad_enabled() and (t.numel() == 1 or bool((t == t.flatten()[0]).all()))
         for index in range(self.blocks):
-            conv = self.convs1[index]
+            conv = cast(nn.Conv2d, self.convs1[index])
             if folded:
                 gain, shift = 1.0 + film[0, index, 0, :, 0, 0], film[0, index, 1, :, 0, 0]
                 weight = conv.weight * gain.to(conv.weight.dtype)[:, None, None, None]
