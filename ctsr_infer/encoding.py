@@ -189,7 +189,7 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
     try:
         with Image.open(path) as image:
             if image.format == "PNG":
-                return image.text.get(STAMP_KEY)  # type: ignore[attr-defined]
+                return image.text.get(STAMP_KEY)
             if image.format == "GIF":
                 raw = image.info.get("comment")
                 return raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
@@ -199,7 +199,7 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
                     return raw[8:].decode("ascii", "replace") if raw.startswith(b"ASCII\x00\x00\x00") else raw.decode("ascii", "replace")
                 return raw if isinstance(raw, str) else None
             if image.format == "TIFF":
-                value = image.tag_v2.get(_IMAGE_DESCRIPTION)  # type: ignore[attr-defined]
+                value = image.tag_v2.get(_IMAGE_DESCRIPTION)
                 return str(value) if value is not None else None
     except Exception:  # noqa: BLE001 - Pillow cannot open it (e.g. a 16-bit RGB TIFF): try tifffile
         pass
@@ -208,7 +208,7 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
             import tifffile
 
             with tifffile.TiffFile(path) as handle:
-                return handle.pages[0].description or None  # type: ignore[union-attr]
+                return handle.pages[0].description or None
         except Exception:  # noqa: BLE001 - unreadable: no comment
             return None
     return None

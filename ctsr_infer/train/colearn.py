@@ -172,5 +172,5 @@ class ColearnTrainer(ResShiftStudentMixin):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"student": self.opt_s, "down": self.opt_g, "disc": self.opt_d}
 
-    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "colearn") -> Path:  # type: ignore[override]
+    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "colearn") -> Path:
         return super().export(path, use_ema=use_ema, recipe=recipe)

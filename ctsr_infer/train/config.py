@@ -4,7 +4,7 @@ as it is with ``accelerate``) plus command-line overrides. Unknown keys are erro
 from __future__ import annotations
 
 import json
-import tomllib
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +25,17 @@ def training_device(name: str) -> torch.device:
     return resolve(name, "fp32").device
 
 
+def _toml_loads(text: str, path: Path) -> dict[str, Any]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10: the tomli backport (a dependency of the train extra there)
+        try:
+            import tomli as tomllib
+        except ImportError as exc:
+            raise InvalidInputError(f"`{path}` is TOML, which Python 3.10 reads with tomli; `pip install tomli`, or use .json.") from exc
+    return tomllib.loads(text)
+
+
 def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
     """``cls()`` updated from ``path`` and then from the non-None ``overrides``."""
     data: dict[str, Any] = {}
@@ -32,12 +43,12 @@ def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
         text = Path(path).read_text()
         suffix = Path(path).suffix.lower()
         if suffix == ".toml":
-            data = tomllib.loads(text)
+            data = _toml_loads(text, path)
         elif suffix == ".json":
             data = json.loads(text)
         elif suffix in (".yaml", ".yml"):
             try:
-                import yaml  # type: ignore[import-untyped]
+                import yaml
             except ImportError as exc:
                 raise InvalidInputError(f"`{path}` is YAML but PyYAML is not installed; use .toml or .json, or `pip install pyyaml`.") from exc
             data = yaml.safe_load(text) or {}

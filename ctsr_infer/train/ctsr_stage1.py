@@ -73,11 +73,13 @@ class _RandomFeatures(nn.Module):
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        self.layers = nn.ModuleList([nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.Conv2d(32, 32, 3, stride=2, padding=1)])
+        convs = [nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.Conv2d(32, 32, 3, stride=2, padding=1)]
+        self.layers = nn.ModuleList(convs)
         with torch.no_grad():
-            for layer in self.layers:
+            for layer in convs:
                 layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * (2.0 / layer.weight[0].numel()) ** 0.5)
-                layer.bias.zero_()
+                if layer.bias is not None:
+                    layer.bias.zero_()
         self.requires_grad_(False)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,7 +96,7 @@ def perceptual_loss(kind: str, *, device: torch.device | None = None) -> Callabl
     """The perceptual term on images in [-1, 1]."""
     if kind == "lpips-vgg":
         try:
-            import lpips  # type: ignore[import-not-found]
+            import lpips
 
             net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False).to(device or "cpu")
         except Exception as exc:  # ImportError, or the VGG weights cannot be fetched

@@ -40,6 +40,7 @@ from ..families.framing import pad_to_multiple
 from ..image import resize_bicubic
 from ..knob import Knob
 from .engine import Engine, EngineConfig
+from .sd_student import lora_weight
 from .trainer import Recipe
 
 __all__ = ["Stage2Config", "Stage2Trainer", "CTRL_TARGETS", "tau_report", "lr_batches"]
@@ -98,8 +99,10 @@ class Stage2Trainer(Recipe):
         self.unet = self.model.unet
         self.unet.requires_grad_(False)
         self.modules = _targets(self.unet)
-        self.unet.add_adapter(LoraConfig(r=config.rank, lora_alpha=config.alpha, target_modules=self.modules, init_lora_weights=True),
-                              adapter_name="ctrl")
+        # peft annotates lora_alpha as int; it takes a float (the scale is alpha / r)
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha,  # type: ignore[arg-type]
+                          target_modules=self.modules, init_lora_weights=True)
+        self.unet.add_adapter(lora, adapter_name="ctrl")
         self.parameters = [p for n, p in self.unet.named_parameters() if ".ctrl." in n]
         for p in self.parameters:
             p.requires_grad_(True)
@@ -165,9 +168,8 @@ class Stage2Trainer(Recipe):
         """The stage-1 student plus the trained ctrl adapter, as a ``ctsr-flow`` student file."""
         tensors = dict(self.stage1.tensors)
         for module in self.modules:
-            layer = self.unet.get_submodule(module)
-            tensors[f"lora.ctrl.unet.{module}.A"] = layer.lora_A["ctrl"].weight.detach().float().cpu().clone()
-            tensors[f"lora.ctrl.unet.{module}.B"] = layer.lora_B["ctrl"].weight.detach().float().cpu().clone()
+            tensors[f"lora.ctrl.unet.{module}.A"] = lora_weight(self.unet, module, "A", "ctrl").detach().float().cpu().clone()
+            tensors[f"lora.ctrl.unet.{module}.B"] = lora_weight(self.unet, module, "B", "ctrl").detach().float().cpu().clone()
         adapter = Adapter(name="ctrl", component="unet", rank=self.config.rank, alpha=self.config.alpha, phase="ctrl")
         provenance = {**dict(self.stage1.meta.provenance), "stage2": {**asdict(self.config), "trained_steps": self.step}}
         meta = replace(self.stage1.meta, adapters=(*self.stage1.meta.adapters, adapter), knob=self.config.knob(), provenance=provenance)

@@ -364,13 +364,14 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
                 + cfg.lambda_rn * F.l1_loss(realistic, t_real) + cfg.lambda_hf * F.l1_loss(high_pass(realistic), high_pass(t_real)))
 
     stage1_path = cfg.work / "stage1.safetensors"
-    weights = _load_stage1(stage1_path, cfg)
-    if weights is None:
+    stage1_weights = _load_stage1(stage1_path, cfg)
+    if stage1_weights is None:
         _train(student, cfg.stage1_steps, cfg, stage1, "stage 1")
         export_lite(student, cfg, name="stage1")
-        weights = _load_stage1(stage1_path, cfg)
+        stage1_weights = _load_stage1(stage1_path, cfg)
+        assert stage1_weights is not None  # just written under this config
     # stage 2 always starts from the fp16 weights just written, so a run resumed here gives the same student
-    student.load_state_dict(weights)
+    student.load_state_dict(stage1_weights)
     # 4. stage 2: the path between the two ends, from a frozen copy of the stage-1 student
     frozen = copy.deepcopy(student).requires_grad_(False)
 
@@ -380,6 +381,7 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
         t[: max(1, len(x) // 4)] = torch.from_numpy(rng.integers(0, 2, max(1, len(x) // 4))).float()
         with torch.no_grad():
             real_end = frozen(x, torch.zeros(len(x))).float()
+        rec: torch.Tensor | float
         if cfg.lambda_path_rec:  # the faithful end keeps learning from ground truth; the path follows it
             faithful = student(x, torch.ones(len(x))).float()
             rec, faithful_end = cfg.lambda_path_rec * distance(faithful, y), faithful.detach()

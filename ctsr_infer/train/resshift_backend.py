@@ -38,7 +38,7 @@ class ResShiftStudentMixin(Recipe):
         self.teacher_file = load_student(teacher)
         if self.teacher_file.meta.family != "resshift-onestep":
             raise InvalidInputError(f"the teacher `{teacher}` must be a resshift-onestep file, not {self.teacher_file.meta.family!r}.")
-        self.engine = Engine.from_config(self.config)  # type: ignore[attr-defined]
+        self.engine = Engine.from_config(self.config)
         self.device = self.engine.device
         self.teacher = ResShiftModel(self.teacher_file, resolve(str(self.device), "fp32"))
         self.teacher.net.requires_grad_(False)
@@ -81,5 +81,5 @@ class ResShiftStudentMixin(Recipe):
         tensors.update({f"net.unet.{k}": v.detach().float().cpu().clone() for k, v in net.state_dict().items()})
         config = {**dict(self.teacher_file.meta.config), "sampler": "onestep"}
         meta = replace(self.teacher_file.meta, config=config, licence=f"trained by the user from {self.teacher_file.meta.licence}",
-                       provenance={recipe: {**asdict(self.config), "trained_steps": self.step}})  # type: ignore[attr-defined]
+                       provenance={recipe: {**asdict(self.config), "trained_steps": self.step}})
         return save_student(StudentFile(meta, tensors), path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -21,12 +22,23 @@ from ..student_file import Adapter, StudentFile, load_student, save_student
 from ..errors import IncompatibleWeightsError
 from ..families.sd_onestep.base_model import VAE_SCALING, load_base, predict_x0
 
-__all__ = ["TrainableStudent"]
+if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
+    from diffusers.models import AutoencoderKL
+
+__all__ = ["TrainableStudent", "lora_weight"]
+
+
+def lora_weight(module: nn.Module, layer: str, which: Literal["A", "B"], adapter: str) -> nn.Parameter:
+    """The weight of peft's LoRA matrix ``which`` of ``adapter`` on ``module``'s layer ``layer``."""
+    return module.get_parameter(f"{layer}.lora_{which}.{adapter}.weight")
 
 
 class TrainableStudent(nn.Module):
     """An sd-onestep student whose ``sr`` LoRA adapters (and ``conv_in`` when the file overrides it)
     are trainable; everything else is frozen."""
+
+    alphas_cumprod: torch.Tensor  # buffers
+    prompt_embeds: torch.Tensor
 
     def __init__(self, student: StudentFile, base: str | os.PathLike[str]) -> None:
         from peft import LoraConfig
@@ -35,10 +47,12 @@ class TrainableStudent(nn.Module):
         if student.meta.family != "sd-onestep":
             raise IncompatibleWeightsError(f"a trainable SD student must be of family sd-onestep, not {student.meta.family!r}.")
         self.student = student
+        if student.prompt_embeds is None:
+            raise IncompatibleWeightsError("the student file has no `prompt_embeds` tensor; sd-onestep students carry one.")
         unet, vae, alphas = load_base(base)
         self.unet, self.vae = unet.requires_grad_(False), vae.requires_grad_(False)
         self.register_buffer("alphas_cumprod", alphas, persistent=False)
-        self.register_buffer("prompt_embeds", student.prompt_embeds.float(), persistent=False)  # type: ignore[union-attr]
+        self.register_buffer("prompt_embeds", student.prompt_embeds.float(), persistent=False)
         self.timestep = student.meta.timestep
         self.adapters = {"unet": [], "vae": []}  # type: dict[str, list[str]]
         for adapter in student.meta.adapters:
@@ -46,12 +60,14 @@ class TrainableStudent(nn.Module):
                 raise IncompatibleWeightsError("stage 1 trains the SR adapters; this file already has a ctrl adapter.")
             module = self.unet if adapter.component == "unet" else self.vae
             pairs = student.lora_pairs(adapter)
-            module.add_adapter(LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=sorted(pairs)), adapter_name=adapter.name)
+            # peft annotates lora_alpha as int; it takes a float (the scale is alpha / r)
+            config = LoraConfig(r=adapter.rank, lora_alpha=adapter.alpha, target_modules=sorted(pairs))  # type: ignore[arg-type]
+            module.add_adapter(config, adapter_name=adapter.name)
             with torch.no_grad():
                 for name, (a, b) in pairs.items():
-                    layer = module.get_submodule(name)
-                    layer.lora_A[adapter.name].weight.copy_(a.reshape(layer.lora_A[adapter.name].weight.shape))
-                    layer.lora_B[adapter.name].weight.copy_(b.reshape(layer.lora_B[adapter.name].weight.shape))
+                    weight_a, weight_b = lora_weight(module, name, "A", adapter.name), lora_weight(module, name, "B", adapter.name)
+                    weight_a.copy_(a.reshape(weight_a.shape))
+                    weight_b.copy_(b.reshape(weight_b.shape))
             self.adapters[adapter.component].append(adapter.name)
         for component, names in self.adapters.items():
             if names:
@@ -108,9 +124,8 @@ class TrainableStudent(nn.Module):
         for adapter in self.student.meta.adapters:
             module = self.unet if adapter.component == "unet" else self.vae
             for name in self.student.lora_pairs(adapter):
-                layer = module.get_submodule(name)
-                a = layer.lora_A[adapter.name].weight.detach().float().cpu()
-                b = layer.lora_B[adapter.name].weight.detach().float().cpu()
+                a = lora_weight(module, name, "A", adapter.name).detach().float().cpu()
+                b = lora_weight(module, name, "B", adapter.name).detach().float().cpu()
                 tensors[f"lora.{adapter.name}.{adapter.component}.{name}.A"] = a.clone()
                 tensors[f"lora.{adapter.name}.{adapter.component}.{name}.B"] = b.clone()
             adapters.append(adapter)
@@ -127,13 +142,13 @@ class TrainableStudent(nn.Module):
 class _Adapters:
     """Fallback context: disable a module's peft adapters for the duration."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: AutoencoderKL) -> None:
         self.module = module
 
     def __enter__(self) -> None:
         if getattr(self.module, "_hf_peft_config_loaded", False):
-            self.module.disable_adapters()  # type: ignore[operator]
+            self.module.disable_adapters()
 
     def __exit__(self, *exc: object) -> None:
         if getattr(self.module, "_hf_peft_config_loaded", False):
-            self.module.enable_adapters()  # type: ignore[operator]
+            self.module.enable_adapters()

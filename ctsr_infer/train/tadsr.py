@@ -122,5 +122,5 @@ class TadsrTrainer(ResShiftStudentMixin):
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"g": self.opt_g, "d": self.opt_d}
 
-    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "tadsr") -> Path:  # type: ignore[override]
+    def export(self, path: str | os.PathLike[str], *, use_ema: bool = True, recipe: str = "tadsr") -> Path:
         return super().export(path, use_ema=use_ema, recipe=recipe)

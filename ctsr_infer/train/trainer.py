@@ -17,6 +17,7 @@ step and its index on resume (the checkpoint holds process 0's only).
 from __future__ import annotations
 
 import ast
+import os
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -50,6 +51,10 @@ class Recipe:
         return {}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def export(self, path: str | os.PathLike[str]) -> Path:
+        """Write the trained student file to ``path``; returns it."""
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------------------

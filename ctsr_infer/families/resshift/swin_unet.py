@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ class ResBlock(nn.Module):
         h = self.in_layers(x)
         scale, shift = self.emb_layers(emb).to(h.dtype)[..., None, None].chunk(2, dim=1)
         h = self.out_layers[0](h) * (1 + scale) + shift
-        for layer in self.out_layers[1:]:
+        for layer in list(self.out_layers)[1:]:
             h = layer(h)
         return self.skip_connection(x) + h
 
@@ -155,6 +155,8 @@ def resshift_window_mask(height: int, width: int, window: int, shift: int) -> to
 
 
 class WindowAttention(nn.Module):
+    relative_position_index: torch.Tensor  # a buffer
+
     def __init__(self, dim: int, window: int, heads: int) -> None:
         super().__init__()
         self.window, self.heads = window, heads
@@ -180,6 +182,21 @@ class WindowAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(count, tokens, channels))
 
 
+class _Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+
+
+class _Projection(nn.Module):
+    """A 1x1 conv under the name ``proj`` (the public checkpoints' layout)."""
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, out_channels, 1)
+
+
 class SwinBlock(nn.Module):
     def __init__(self, dim: int, heads: int, window: int, shift: int, mlp_ratio: float) -> None:
         super().__init__()
@@ -188,9 +205,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, window, heads)
         self.norm2 = GroupNorm32(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Module()
-        self.mlp.fc1 = nn.Conv2d(dim, hidden, 1)
-        self.mlp.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.mlp = _Mlp(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -217,13 +232,11 @@ class SwinLayer(nn.Module):
         super().__init__()
         window, shift = _window_and_shift(resolution, config.window_size)
         heads = config.swin_embed_dim // config.num_head_channels
-        self.patch_embed = nn.Module()
-        self.patch_embed.proj = nn.Conv2d(channels, config.swin_embed_dim, 1)
+        self.patch_embed = _Projection(channels, config.swin_embed_dim)
         self.blocks = nn.ModuleList(
             SwinBlock(config.swin_embed_dim, heads, window, 0 if i % 2 == 0 else shift, config.mlp_ratio) for i in range(config.swin_depth)
         )
-        self.patch_unembed = nn.Module()
-        self.patch_unembed.proj = nn.Conv2d(config.swin_embed_dim, channels, 1)
+        self.patch_unembed = _Projection(config.swin_embed_dim, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed.proj(x)
@@ -253,7 +266,7 @@ class Upsample(nn.Module):
 class _Step(nn.ModuleList):
     """A sequence of layers; ResBlocks also get the time embedding (``TimestepEmbedSequential``)."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in self:
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
@@ -304,13 +317,13 @@ class SwinUNet(nn.Module):
         """Multi-scale features of the encoder half: the output of every downsampling block, of the
         last input block and of the middle block (TAD-SR's discriminator features; for the x4
         real-SR config input blocks 3, 6, 9, 11 and the middle block)."""
-        dtype = self.time_embed[0].weight.dtype
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         h = torch.cat([x, lq], dim=1).to(dtype)
         features = []
         for index, block in enumerate(self.input_blocks):
             h = block(h, emb)
-            if isinstance(block[0], Downsample) or index == len(self.input_blocks) - 1:
+            if isinstance(cast(_Step, block)[0], Downsample) or index == len(self.input_blocks) - 1:
                 features.append(h)
         features.append(self.middle_block(h, emb))
         return features
@@ -319,7 +332,7 @@ class SwinUNet(nn.Module):
         multiple = self.config.multiple
         if x.shape[-2] % multiple or x.shape[-1] % multiple or lq.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"Swin-UNet inputs must be multiples of {multiple} with lq of the same size; got {tuple(x.shape)} and {tuple(lq.shape)}")
-        dtype = self.time_embed[0].weight.dtype
+        dtype = cast(nn.Linear, self.time_embed[0]).weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         h = torch.cat([x, lq], dim=1).to(dtype)
         stack = []
@@ -362,7 +375,7 @@ def load_public_state(net: SwinUNet, data: Mapping[str, Any], *, source: str) ->
     check_state(own, state, source=source, what=f"the Swin-UNet ({net.config.to_config()})", ignore=expected_buffers)
     for key in buffers:
         if key.endswith("relative_position_index"):
-            module = net.get_submodule(key.rsplit(".", 1)[0])
+            module = cast(WindowAttention, net.get_submodule(key.rsplit(".", 1)[0]))
             if not torch.equal(state[key].long(), module.relative_position_index):
                 raise IncompatibleWeightsError(f"{source}: `{key}` differs from the Swin relative-position index of window {module.window}.")
     net.load_state_dict({k: state[k].float() for k in own}, strict=True)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from ...errors import IncompatibleWeightsError
 from ..state import check_state
+
+if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
+    from diffusers.models import VQModel
 
 __all__ = ["VQConfig", "build_vq", "ldm_to_diffusers", "diffusers_to_ldm", "load_ldm_state", "quantize_nearest"]
 
@@ -55,9 +58,9 @@ class VQConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-def build_vq(config: VQConfig) -> nn.Module:
+def build_vq(config: VQConfig) -> VQModel:
     """An uninitialised-weights diffusers ``VQModel`` of this configuration (eval mode)."""
-    from diffusers import VQModel
+    from diffusers.models import VQModel
 
     levels = len(config.ch_mult)
     model = VQModel(

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 from ...errors import IncompatibleWeightsError, WeightsNotFoundError, require
+
+if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
 __all__ = ["SD21_BASE", "VAE_SCALING", "SD21_UNET", "SD21_VAE", "alphas_cumprod_scaled_linear", "predict_x0", "load_base", "encode_prompt"]
 
@@ -75,9 +78,9 @@ def _read_scheduler(base_dir: Path) -> torch.Tensor:
     )
 
 
-def load_base(base_dir: str | Path) -> tuple[nn.Module, nn.Module, torch.Tensor]:
+def load_base(base_dir: str | os.PathLike[str]) -> tuple[UNet2DConditionModel, AutoencoderKL, torch.Tensor]:
     """Load UNet, VAE and ``alphas_cumprod`` from a folder in diffusers layout (fp32, CPU, eval)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
     base_dir = Path(base_dir)
     for sub in ("unet", "vae"):

@@ -82,17 +82,18 @@ def _from_data(data: Any, *, source: str, source_name: str, prompt_embeds: torch
         ranks[key] = value
     rank_unet, rank_vae = ranks["rank_unet"], ranks["rank_vae"]
     tensors: dict[str, torch.Tensor] = {}
-    for key, component, names, rank in (("state_dict_unet", "unet", _OSEDIFF_UNET_ADAPTERS, rank_unet),
-                                         ("state_dict_vae", "vae", _OSEDIFF_VAE_ADAPTERS, rank_vae)):
+    parts: tuple[tuple[str, Component, Mapping[str, str], int], ...] = (
+        ("state_dict_unet", "unet", _OSEDIFF_UNET_ADAPTERS, rank_unet), ("state_dict_vae", "vae", _OSEDIFF_VAE_ADAPTERS, rank_vae))
+    for key, component, names, rank in parts:
         if not isinstance(data[key], Mapping):
             raise IncompatibleWeightsError(f"{source}: `{key}` must be a state dict, found {type(data[key]).__name__}.")
-        _convert_peft_state(data[key], component=component, adapter_names=names, rank=rank, tensors=tensors, source=source)  # type: ignore[arg-type]
+        _convert_peft_state(data[key], component=component, adapter_names=names, rank=rank, tensors=tensors, source=source)
     if prompt_embeds.dim() != 3 or prompt_embeds.shape[0] != 1:
         raise IncompatibleWeightsError(f"`prompt_embeds` must have shape (1, tokens, dim), got {tuple(prompt_embeds.shape)}.")
     tensors["prompt_embeds"] = prompt_embeds.detach().float().cpu()
     present = {key.split(".")[1] for key in tensors if key.startswith("lora.")}
     adapters = tuple(
-        Adapter(name=name, component=cast(Component, "vae" if name.startswith("vae") else "unet"),
+        Adapter(name=name, component="vae" if name.startswith("vae") else "unet",
                 rank=rank_vae if name.startswith("vae") else rank_unet, alpha=OSEDIFF_LORA_ALPHA)
         for name in (*_OSEDIFF_UNET_ADAPTERS.values(), *_OSEDIFF_VAE_ADAPTERS.values())
         if name in present
