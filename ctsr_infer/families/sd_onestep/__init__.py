@@ -31,7 +31,7 @@ def _build(student: StudentFile, placement: Placement, context: LoadContext) -> 
 
 
 def _random_model(placement: Placement, small: bool) -> SDOneStep:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
     unet_config, vae_config = (SD_SMALL_UNET, SD_SMALL_VAE) if small else (SD21_UNET, SD21_VAE)
     prompt = torch.randn(1, 77, int(unet_config["cross_attention_dim"])) * 0.1

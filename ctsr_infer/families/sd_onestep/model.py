@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -31,12 +32,15 @@ from ...image import resize_bicubic
 from ...lora import fuse, lora_delta
 from ...progress import ProgressCallback, Stage, emit
 from ...receptive import context_for, receptive_radius
-from ...student_file import StudentFile
+from ...student_file import Component, StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from ...tiling.budget import budget_for_tiles
 from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple
 from .base_model import SD21_BASE, VAE_SCALING, predict_x0
+
+if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
+    from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
 __all__ = ["SDOneStep", "FAMILY_NAME"]
 
@@ -45,26 +49,27 @@ logger = logging.getLogger(__name__)
 FAMILY_NAME = "sd-onestep"
 
 
-def _base_description(unet: nn.Module, vae: nn.Module) -> str:
-    cfg = unet.config  # type: ignore[attr-defined]
+def _base_description(unet: UNet2DConditionModel, vae: AutoencoderKL) -> str:
+    cfg = unet.config
     return (
-        f"found UNet in_channels {cfg.in_channels}, cross_attention_dim {cfg.cross_attention_dim}, "
-        f"block_out_channels {list(cfg.block_out_channels)}; VAE latent_channels {vae.config.latent_channels}"  # type: ignore[attr-defined]
+        f"found UNet in_channels {cfg['in_channels']}, cross_attention_dim {cfg['cross_attention_dim']}, "
+        f"block_out_channels {list(cfg['block_out_channels'])}; VAE latent_channels {vae.config['latent_channels']}"
     )
 
 
 class SDOneStep:
     """A loaded sd-onestep student: plain diffusers modules with the SR LoRA fused in."""
 
-    def __init__(self, student: StudentFile, unet: nn.Module, vae: nn.Module, alphas_cumprod: torch.Tensor, placement: Placement) -> None:
+    def __init__(self, student: StudentFile, unet: UNet2DConditionModel, vae: AutoencoderKL, alphas_cumprod: torch.Tensor,
+                 placement: Placement) -> None:
         self.meta = student.meta
         self.placement = placement
         if self.meta.knob.kind not in ("none", "ctsr-flow"):
             raise KnobError(f"sd-onestep students support knob kinds `none` and `ctsr-flow`, not {self.meta.knob.kind!r}.")
         self.alphas_cumprod = alphas_cumprod
-        modules = {"unet": unet, "vae": vae}
+        modules: dict[Component, nn.Module] = {"unet": unet, "vae": vae}
         prompt = student.prompt_embeds
-        cross_dim = int(unet.config.cross_attention_dim)  # type: ignore[attr-defined]
+        cross_dim = int(unet.config["cross_attention_dim"])
         if prompt is None:
             raise IncompatibleWeightsError("the student file has no `prompt_embeds` tensor; sd-onestep students carry one.")
         if prompt.dim() != 3 or prompt.shape[-1] != cross_dim:
@@ -73,7 +78,7 @@ class SDOneStep:
                 f"{cross_dim}; expected {SD21_BASE}; {_base_description(unet, vae)}."
             )
         for component, module in modules.items():
-            self._apply_overrides(module, student.base_overrides(component), component, unet, vae)  # type: ignore[arg-type]
+            self._apply_overrides(module, student.base_overrides(component), component, unet, vae)
         self.ctrl: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
         for adapter in student.meta.adapters:
             pairs = student.lora_pairs(adapter)
@@ -92,7 +97,7 @@ class SDOneStep:
         # nn.Module.to, not diffusers' override: it warns about casting, and fusing was done in fp32 on purpose
         self.unet = placement.place(unet)
         self.vae = placement.place(vae, placement.vae_dtype)
-        latent_channels = int(vae.config.latent_channels)  # type: ignore[attr-defined]
+        latent_channels = int(vae.config["latent_channels"])
         self.vae_contexts = (context_for(receptive_radius(vae.encoder, 3, probe=16), align=8),
                              context_for(receptive_radius(vae.decoder, latent_channels, probe=4)))
         """Tile context of the encoder (image px) and the decoder (latent px), from their receptive radius."""
@@ -103,7 +108,8 @@ class SDOneStep:
             raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
 
     @staticmethod
-    def _apply_overrides(module: nn.Module, overrides: Mapping[str, torch.Tensor], component: str, unet: nn.Module, vae: nn.Module) -> None:
+    def _apply_overrides(module: nn.Module, overrides: Mapping[str, torch.Tensor], component: str, unet: UNet2DConditionModel,
+                         vae: AutoencoderKL) -> None:
         params = dict(module.named_parameters())
         for name, tensor in overrides.items():
             if name not in params or params[name].shape != tensor.shape:
@@ -115,7 +121,8 @@ class SDOneStep:
             params[name].data = tensor.to(params[name].dtype).clone()
 
     @staticmethod
-    def _layer(module: nn.Module, name: str, adapter: str, component: str, unet: nn.Module, vae: nn.Module) -> nn.Module:
+    def _layer(module: nn.Module, name: str, adapter: str, component: str, unet: UNet2DConditionModel,
+               vae: AutoencoderKL) -> nn.Linear | nn.Conv2d:
         try:
             layer = module.get_submodule(name)
         except AttributeError:
