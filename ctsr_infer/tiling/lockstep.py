@@ -25,13 +25,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import nn
 
 from ..errors import InvalidInputError
 from .tiles import Tile, _blend, blend_window, plan_tiles
+
+if TYPE_CHECKING:
+    from diffusers.models.attention_processor import Attention
 
 __all__ = ["TilingMode", "record_group_norm", "shared_group_norm", "tiled_vae"]
 
@@ -156,8 +159,8 @@ class _Lockstep:
             if index not in self.stats:
                 parts = self.partials[index]
                 total = sum(p[2] for p in parts)
-                mean = sum(p[0] for p in parts) / total
-                self.stats[index] = (mean, (sum(p[1] for p in parts) / total - mean * mean).clamp_min(0))
+                mean = cast(torch.Tensor, sum(p[0] for p in parts)) / total  # sum() of tensors: a tensor
+                self.stats[index] = (mean, (cast(torch.Tensor, sum(p[1] for p in parts)) / total - mean * mean).clamp_min(0))
             mean, var = self.stats[index]
         return _norm_with(x, norm, mean.to(x.device), var.to(x.device))
 
@@ -219,7 +222,7 @@ class _SharedAttention:
     def restart(self) -> None:
         self.alone.index = 0
 
-    def __call__(self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args: object, **kwargs: object) -> torch.Tensor:
         if hidden_states.dim() != 4 or encoder_hidden_states is not None or attention_mask is not None:
             raise InvalidInputError("tiled VAE attention expects spatial self-attention without a mask")
@@ -227,9 +230,9 @@ class _SharedAttention:
         batch, channels, height, width = hidden_states.shape
         tokens = hidden_states.reshape(batch, channels, height * width)
         if getattr(attn, "group_norm", None) is not None:
-            tokens = attn.group_norm(tokens)  # type: ignore[operator]
+            tokens = attn.group_norm(tokens)
         tokens = tokens.transpose(1, 2)
-        query, key, value = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)  # type: ignore[operator]
+        query, key, value = attn.to_q(tokens), attn.to_k(tokens), attn.to_v(tokens)
         if getattr(self.alone, "index", None) is None:
             key, value = self.lockstep.gather(key, value, height, width)
         else:
@@ -237,14 +240,14 @@ class _SharedAttention:
             self.alone.index += 1
             pool_k, pool_v = self.lockstep.pools[index]
             key, value = torch.cat([pool_k.to(key), key], dim=1), torch.cat([pool_v.to(value), value], dim=1)
-        heads = int(attn.heads)  # type: ignore[arg-type]
+        heads = int(attn.heads)
 
         def split(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
 
         out = torch.nn.functional.scaled_dot_product_attention(split(query), split(key), split(value))
         out = out.transpose(1, 2).reshape(batch, -1, query.shape[-1]).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))  # type: ignore[index]
+        out = attn.to_out[1](attn.to_out[0](out))
         out = out.transpose(1, 2).reshape(batch, channels, height, width)
         if getattr(attn, "residual_connection", False):
             out = out + residual
@@ -256,7 +259,7 @@ def _shared_attention(module: nn.Module, processor: _SharedAttention) -> Iterato
     layers = [m for m in module.modules() if hasattr(m, "processor") and hasattr(m, "to_q") and hasattr(m, "to_out")]
     saved = [m.processor for m in layers]
     for layer in layers:
-        layer.processor = processor
+        layer.processor = processor  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     try:
         yield
     finally:
