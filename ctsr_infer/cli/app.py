@@ -45,7 +45,9 @@ def exit_code(exc: BaseException) -> int:
 class _Group(typer.core.TyperGroup):
     """Turns any CtsrError of any command (sub-groups included) into its one-line message and exit code."""
 
-    def invoke(self, ctx: "typer.Context") -> object:
+    # typer passes its typer.Context; TyperGroup declares the click Context that one subclasses, which
+    # recent typer versions vendor (typer._click) and older ones import from click: no one public name
+    def invoke(self, ctx: "typer.Context") -> object:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except CtsrError as exc:

@@ -5,7 +5,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -71,7 +71,7 @@ def train_lite_command(
 
     The defaults are the recipe of the shipped model (see the README's model card)."""
     logging.getLogger("ctsr_infer").setLevel(logging.INFO)
-    given = {"fidelity_steps": fidelity_steps, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch": batch,
+    given: dict[str, Any] = {"fidelity_steps": fidelity_steps, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "batch": batch,
                  "patches_per_image": patches_per_image, "seed": seed}
     with _train_extra():
         from ..train.lite import LiteConfig
