@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypedDict, overload
+from typing import Any, Literal, TypedDict, cast, overload
 
 from typing_extensions import Unpack
 
@@ -34,6 +34,7 @@ from .families.base import RunOptions
 from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_numpy, to_pil
 from .knob import Knob, normalize_t
 from .progress import ProgressCallback, emit
+from .tiling.budget import TilingChoice
 
 __all__ = ["Upscaler", "UpscaleOptions", "load", "target_size"]
 
@@ -228,7 +229,7 @@ class Upscaler:
             raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
         ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
         ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(self.family.options)
-        given = sorted(k for k in ignored if options.get(k) is not None)  # type: ignore[misc]
+        given = sorted(k for k in ignored if options.get(k) is not None)
         if given:
             flags = ", ".join(f"`{k}` (--{k.replace('_', '-')})" for k in given)
             verb, pronoun = ("does", "it") if len(given) == 1 else ("do", "them")
@@ -280,8 +281,9 @@ class Upscaler:
         limit = MAX_PIXELS if limit is None else limit
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
             raise InvalidInputError(f"`max_pixels` must be a positive number of output pixels, got {limit!r}.")
-        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode,  # type: ignore[arg-type]
-                              tiling=tiling, tile=options.get("tile"), tile_overlap=options.get("tile_overlap"),  # type: ignore[arg-type]
+        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode,
+                              tiling=cast(TilingChoice, tiling),  # one of the family's modes, checked above
+                              tile=options.get("tile"), tile_overlap=options.get("tile_overlap"),
                               vae_tile=options.get("vae_tile"), memory_budget=budget, max_pixels=float(limit))
 
     # -- internals -----------------------------------------------------------------------------
