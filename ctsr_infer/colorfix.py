@@ -10,7 +10,7 @@ Both run on the whole image (never per tile), on (N, 3, H, W) float tensors in [
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 
@@ -24,7 +24,7 @@ ColorFix = Literal["adain", "wavelet", "none"]
 def check_color_fix(value: str) -> ColorFix:
     if value not in get_args(ColorFix):
         raise InvalidInputError(f"`color_fix` must be one of {list(get_args(ColorFix))}, got {value!r}.")
-    return value  # type: ignore[return-value]
+    return cast(ColorFix, value)
 
 
 def _adain(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import json
 import sys
 from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -15,7 +15,10 @@ from ..errors import InvalidInputError
 
 __all__ = ["load_config", "training_device"]
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")
 
 
 def training_device(name: str) -> torch.device:
@@ -54,10 +57,10 @@ def load_config(cls: type[C], path: Path | None = None, **overrides: Any) -> C:
             data = yaml.safe_load(text) or {}
         else:
             raise InvalidInputError(f"config `{path}` must end in .toml, .json or .yaml.")
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
         raise InvalidInputError(f"config `{path}` has unknown keys {unknown}; known: {sorted(known)}.")
-    config = replace(cls(), **data)  # type: ignore[type-var]
+    config = replace(cls(), **data)
     given = {k: v for k, v in overrides.items() if v is not None}
-    return replace(config, **given)  # type: ignore[type-var]
+    return replace(config, **given)

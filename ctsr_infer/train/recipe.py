@@ -28,6 +28,7 @@ from ..plan import find_images as discover_images
 
 if TYPE_CHECKING:
     import torch
+    from _typeshed import DataclassInstance
 
     from .colearn import ColearnConfig
     from .ctsr_stage1 import Stage1Config
@@ -51,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-C = TypeVar("C")
+C = TypeVar("C", bound="DataclassInstance")
 PathLike = str | os.PathLike[str]
 StepCallback = Callable[[int, dict[str, float]], None]
 """``on_step(step, terms)``: called on the main process after every optimiser step."""
@@ -91,7 +92,7 @@ def _settings(cls: type[C], config: C | PathLike | None, overrides: dict[str, An
     """``config`` (an object, a settings file, or None for the defaults) with the non-None ``overrides``."""
     from .config import load_config
 
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise InvalidInputError(f"unknown {cls.__name__} settings {unknown}; known: {sorted(known)}.")
@@ -99,7 +100,7 @@ def _settings(cls: type[C], config: C | PathLike | None, overrides: dict[str, An
         return load_config(cls, None if config is None else Path(config), **overrides)
     if not isinstance(config, cls):
         raise InvalidInputError(f"`config` must be a {cls.__name__} or a settings file, got {type(config).__name__}.")
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[type-var]
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _require_train_extra(*modules: str) -> None:

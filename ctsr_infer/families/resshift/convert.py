@@ -22,7 +22,7 @@ from ...safe_pickle import read_pickled_checkpoint
 from ...student_file import StudentFile, StudentMeta
 from ..family import Checkpoint, ConvertInputs
 from .model import FAMILY_NAME, student_config
-from .shift_diffusion import ShiftSchedule
+from .shift_diffusion import Sampler, ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig, load_public_state, strip_prefixes
 from .vq_autoencoder import VQConfig, build_vq, load_ldm_state
 
@@ -67,7 +67,8 @@ def _from_data(unet_data: Any, vq_data: Any, *, unet_source: str, vq_source: str
     tensors.update({f"net.vq.{k}": cast(torch.Tensor, v).float() for k, v in vq_data.items()})
     meta = StudentMeta(
         family=FAMILY_NAME, knob=Knob(kind="none"), scale=4.0, color_fix="none", timestep=shift.steps - 1, licence=licence,
-        provenance=dict(provenance), config=student_config(unet=unet_config, vq=vq_config, schedule=shift, sampler=sampler),  # type: ignore[arg-type]
+        provenance=dict(provenance), config=student_config(unet=unet_config, vq=vq_config, schedule=shift,
+                                                              sampler=cast(Sampler, sampler)),  # checked above
     )
     student = StudentFile(meta=meta, tensors=tensors)
     student.validate(source=unet_source)
