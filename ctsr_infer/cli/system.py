@@ -56,8 +56,10 @@ def bench(
 
         model = load_manifest().default
     layouts: list[bool | None] = [False, True] if channels_last else [False]
+    auto_layouts: list[bool | None] = [None]
     configs: list[dict[str, Any]] = [{"dtype": name, "channels_last": layout, "compile": compiled} for name in dtype
-                                     for layout in ([None] if name == "auto" else layouts) for compiled in ([False, True] if compile_ else [False])]
+                                     for layout in (auto_layouts if name == "auto" else layouts)
+                                     for compiled in ([False, True] if compile_ else [False])]
 
     def show(result: BenchResult) -> None:
         stages = "  ".join(f"{k} {v:.2f}" for k, v in result.stages.items())

@@ -144,7 +144,7 @@ class TilePlan:
         if max(height, width) <= vae_tile or (options.tiling == "auto" and whole_fits and not options.vae_tile):
             vae_mode: TilingMode = "off"
         elif options.tiling in ("exact", "fast"):
-            vae_mode = options.tiling
+            vae_mode = "exact" if options.tiling == "exact" else "fast"
         else:
             vae_mode = "exact" if fit >= total else "fast"
         batch = int(max(1, min(4, budget // (latent_tile**2 * UNET_BYTES_PER_LATENT_PIXEL))))

@@ -42,10 +42,10 @@ import math
 import time
 import zlib
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -234,7 +234,10 @@ def _train(model: torch.nn.Module, steps: int, cfg: LiteConfig, loss_fn: Callabl
     for step in range(steps):
         for group in optimizer.param_groups:
             group["lr"] = _cosine(step, steps, cfg.lr)
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
+        precision: AbstractContextManager[Any] = nullcontext()
+        if bf16:
+            precision = torch.autocast("cpu", dtype=torch.bfloat16)
+        with precision:
             loss = loss_fn(step, rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
