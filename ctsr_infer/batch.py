@@ -20,6 +20,7 @@ from .encoding import check_encoding, holds_comment, output_format, read_comment
 from .image import read_image
 from .plan import OUTPUT_FORMATS, Job, check_plan, plan_jobs, t_suffix
 from .progress import ProgressCallback, emit
+from .tmap import TMap
 
 __all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "check_plan", "run_batch", "t_suffix", "OUTPUT_FORMATS"]
 
@@ -87,7 +88,7 @@ def run_batch(
     upscaler: Any,
     jobs: Sequence[Job],
     *,
-    ts: Sequence[float] | None = None,
+    ts: Sequence[float | TMap] | None = None,
     overwrite: bool = False,
     on_progress: ProgressCallback | None = None,
     on_item: Callable[[BatchItem], None] | None = None,
@@ -126,7 +127,7 @@ def run_batch(
     t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
     chunks = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
 
-    t_values: list[float | None] = list(ts) if ts and len(ts) > 1 else [ts[0] if ts else None]
+    t_values: list[float | TMap | None] = list(ts) if ts and len(ts) > 1 else [ts[0] if ts else None]
     settings = getattr(upscaler, "settings", None)
     stamps: list[dict[str, Any] | None] = [settings(t, **options) if settings else None for t in t_values]
     comments = [None if stamp is None else json.dumps(stamp, sort_keys=True) for stamp in stamps]

@@ -160,6 +160,11 @@ def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress:
             return Path(hf_hub_download(source.repo_id, source.path or name, revision=source.revision, local_files_only=offline))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
             raise _Unavailable(_cause(exc, offline=offline)) from exc
+    if source.manual:  # no direct link: a person downloads it and puts it where we look
+        target = _download_dir(spec.id) / name
+        if target.is_file():
+            return target
+        raise _Unavailable(f"download `{name}` by hand from {source.manual} and put it at `{target}`")
     url = str(source.url)
     if url.startswith("file://"):  # a file on this machine (imported models)
         local = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))

@@ -8,7 +8,8 @@ Schema (format_version 1)::
      "models": {"<model id>": {
          "family": a family of the registry (ctsr_infer.families.FAMILIES),
          "file": {"filename", "format": "ctsr-student" | a format of that family, "sha256": hex | null,
-                  "size": int | null, "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}, ...]},
+                  "size": int | null, "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}
+                                                  | {"manual": page to download it from by hand}, ...]},
          "vq": {... a file like "file"},   # formats with a companion file (ResShift's VQ-f4 autoencoder)
          "convert": {...},                  # the format's converter settings
          "base": "<base id>" | null, "knob": {...}, "scale": 4, "prompt": "",
@@ -63,12 +64,17 @@ class Source:
     path: str | None = None
     """The file's path inside the hub repository (default: the file's ``filename``)."""
     url: str | None = None
+    manual: str | None = None
+    """A web page a person downloads the file from (a cloud-drive folder: no direct link); the file is
+    then put in the model's download folder, or imported with ``ctsr models import``."""
 
     def describe(self) -> str:
         if self.package:
             return f"package:{self.package}"
         if self.repo_id:
             return f"hf:{self.repo_id}@{self.revision or 'main'}"
+        if self.manual:
+            return f"by hand from {self.manual}"
         return str(self.url)
 
 
@@ -136,8 +142,8 @@ def _parse_file(entry: Any, where: str, field_name: str = "file") -> FileSpec:
         raise IncompatibleWeightsError(f"weights manifest: {where} `format` must be one of {list(FORMATS)}, got {fmt!r}.")
     sources = []
     for index, raw in enumerate(_need(entry, "sources", where, list)):
-        if not isinstance(raw, dict) or not any(raw.get(k) for k in ("package", "repo_id", "url")):
-            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` needs `package`, `repo_id` or `url`.")
+        if not isinstance(raw, dict) or not any(raw.get(k) for k in ("package", "repo_id", "url", "manual")):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` needs `package`, `repo_id`, `url` or `manual`.")
         unknown = set(raw) - set(Source.__dataclass_fields__)
         if unknown:
             raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` has unknown fields {sorted(unknown)}.")

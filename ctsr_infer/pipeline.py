@@ -18,29 +18,30 @@ import threading
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, TypedDict, cast, overload
-
-from typing_extensions import Unpack
+from typing import Any, overload
 
 import numpy as np
 import torch
 from PIL import Image
+from typing_extensions import Unpack
 
-from .colorfix import check_color_fix
 from .device import NonFinite, Placement, resolve
 from .errors import InvalidInputError, NumericalError
 from .families import STUDENT_FORMAT, Family, FamilyModel, LoadContext, get_family
 from .families.base import RunOptions
 from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_numpy, to_pil
-from .knob import Knob, normalize_t
+from .knob import Knob
+from .options import UpscaleOptions, check_options
 from .progress import ProgressCallback, emit
-from .tiling.budget import TilingChoice
+from .tmap import TMap, TValue, is_map_like
 
-__all__ = ["Upscaler", "UpscaleOptions", "load", "target_size"]
+__all__ = ["UpscaleOptions", "Upscaler", "load", "target_size"]
 
 logger = logging.getLogger(__name__)
-EncodeMode = Literal["mean", "sample"]
 
+
+TArgument = float | TMap | np.ndarray | Sequence[float | TMap | np.ndarray] | None
+"""What ``t`` may be: one number, one map, or a list of them (see :mod:`ctsr_infer.tmap`)."""
 
 BATCH_MAX_PIXELS = 512 * 512
 """Largest input (pixels) that :meth:`Upscaler.process_batch` stacks with others into one network call."""
@@ -49,27 +50,6 @@ BATCH_MAX_PIXELS = 512 * 512
 def target_size(height: int, width: int, scale: float) -> tuple[int, int]:
     """Output size for a scale: round(H * s) x round(W * s), halves rounded up, at least 1."""
     return max(1, math.floor(height * scale + 0.5)), max(1, math.floor(width * scale + 0.5))
-
-
-class UpscaleOptions(TypedDict, total=False):
-    """Keyword-only options of every ``Upscaler`` entry point (all optional)."""
-
-    scale: float | None
-    color_fix: str | None
-    knob_steps: int | None
-    seed: int | None
-    encode: EncodeMode | None
-    tiling: str | None
-    tile: int | None
-    tile_overlap: int | None
-    vae_tile: int | None
-    memory_budget: float | None
-    max_pixels: float | None
-    on_progress: ProgressCallback | None
-
-
-MAX_PIXELS = 256e6
-"""Default limit on an output's pixel count (``max_pixels``): 256 MP, a 16,000 x 16,000 image."""
 
 
 def _check_pixels(size: tuple[int, int], run: RunOptions) -> None:
@@ -118,23 +98,27 @@ class Upscaler:
     # -- public entry points -------------------------------------------------------------------
 
     @overload
-    def upscale(self, image: np.ndarray, *, t: float | None = ..., **options: Unpack[UpscaleOptions]) -> np.ndarray: ...
+    def upscale(self, image: np.ndarray, *, t: float | TMap | np.ndarray | None = ..., **options: Unpack[UpscaleOptions]) -> np.ndarray: ...
     @overload
-    def upscale(self, image: Image.Image | str | os.PathLike[str], *, t: float | None = ..., **options: Unpack[UpscaleOptions]) -> Image.Image: ...
+    def upscale(self, image: Image.Image | str | os.PathLike[str], *, t: float | TMap | np.ndarray | None = ...,
+                **options: Unpack[UpscaleOptions]) -> Image.Image: ...
 
-    def upscale(self, image: Image.Image | np.ndarray | str | os.PathLike[str], *, t: float | None = None,
+    def upscale(self, image: Image.Image | np.ndarray | str | os.PathLike[str], *, t: float | TMap | np.ndarray | None = None,
                 **options: Unpack[UpscaleOptions]) -> Image.Image | np.ndarray:
         """Upscale one image.
 
         Args:
             image: a path, a PIL image, or a numpy array (H, W[, C]) of uint8, uint16 or float in [0, 1].
             t: the knob in [0, 1] (0 = realistic detail, 1 = faithful); None uses the model's default.
-                A model without a knob rejects an explicit t.
+                A model without a knob rejects an explicit t. Or a t map: an (H, W) array in [0, 1] (or
+                a :class:`~ctsr_infer.tmap.TMap`) with the image's aspect ratio, a t per position
+                (:mod:`ctsr_infer.tmap` says how each knob applies it).
             **options: keyword-only, all optional (see :class:`UpscaleOptions`):
                 ``scale`` any float >= 1, the output being round(H * scale) x round(W * scale) (default:
                 the model's); ``color_fix`` ``adain``, ``wavelet`` or ``none`` (default: the model's);
                 ``knob_steps`` Euler steps of the ctsr-flow knob; ``seed`` for ``encode="sample"``;
-                ``encode`` ``mean`` (deterministic) or ``sample`` (OSEDiff's behaviour); ``on_progress``
+                ``encode`` ``mean`` (deterministic) or ``sample`` (OSEDiff's behaviour); ``protect_faces``
+                a t in [0, 1] for the faces found in the image (the ``faces`` extra); ``on_progress``
                 a callback receiving :class:`ProgressEvent` objects.
 
         Returns:
@@ -142,22 +126,22 @@ class Upscaler:
             the input's dtype and layout for numpy inputs. Use :meth:`process` + ``write_image`` to keep
             16-bit RGB.
         """
-        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float))):
-            raise InvalidInputError(f"`t` for `upscale` must be one number; for several use `sweep`. Got {t!r}.")
+        if t is not None and not is_map_like(t) and (isinstance(t, bool) or not isinstance(t, (int, float))):
+            raise InvalidInputError(f"`t` for `upscale` must be one number or one t map; for several use `sweep`. Got {t!r}.")
         data = read_image(image)
         (out,) = self.process(data, t=t, **options)
         return to_numpy(out) if data.source == "numpy" else to_pil(out)
 
     __call__ = upscale
 
-    def sweep(self, image: Image.Image | np.ndarray | str | os.PathLike[str], ts: Sequence[float],
+    def sweep(self, image: Image.Image | np.ndarray | str | os.PathLike[str], ts: Sequence[float | TMap | np.ndarray],
               **options: Unpack[UpscaleOptions]) -> list[Image.Image | np.ndarray]:
         """Upscale one image at several t values; the SR step runs once (one-step knob: one velocity)."""
         data = read_image(image)
         outs = self.process(data, t=list(ts), **options)
         return [to_numpy(o) if data.source == "numpy" else to_pil(o) for o in outs]
 
-    def upscale_tensor(self, x: torch.Tensor, *, t: float | Sequence[float] | None = None,
+    def upscale_tensor(self, x: torch.Tensor, *, t: TArgument = None,
                        **options: Unpack[UpscaleOptions]) -> list[torch.Tensor]:
         """Tensor path for apps: (N, 3, H, W) float in [0, 1] -> one (N, 3, H', W') float32 CPU tensor
         in [0, 1] per t value. The pre-upsample uses the same bicubic kernel as the image path."""
@@ -173,9 +157,10 @@ class Upscaler:
         _check_pixels(size, run)
         progress = options.get("on_progress")
         frames = x.detach().float().cpu()
-        if self.batchable(frames.shape[-2], frames.shape[-1]):
+        if self.batchable(frames.shape[-2], frames.shape[-1]) and self._shared_ts(ts, run):
             return self._forward_with_retry(frames, size, ts, run, progress)
-        outputs = [self._forward_with_retry(frame[None], size, ts, run, progress) for frame in frames]
+        outputs = [self._forward_with_retry(frame[None], size, self._image_ts(frame.permute(1, 2, 0).numpy(), ts, run), run, progress)
+                   for frame in frames]
         return [torch.cat(per_t) for per_t in zip(*outputs)]
 
     def batchable(self, height: int, width: int) -> bool:
@@ -184,13 +169,13 @@ class Upscaler:
         tiled, and the tiles already fill the device)."""
         return self.family.tiling.batchable and height * width <= BATCH_MAX_PIXELS
 
-    def process(self, data: ImageData, *, t: float | Sequence[float] | None = None,
+    def process(self, data: ImageData, *, t: TArgument = None,
                 **options: Unpack[UpscaleOptions]) -> list[ImageData]:
         """Low-level: an :class:`ImageData` in, one :class:`ImageData` per t out (bit depth kept)."""
         ts, run = self.check_options(t, **options)
         return self._run_group([data], ts, run, options.get("on_progress"))[0]
 
-    def process_batch(self, items: Sequence[ImageData], *, t: float | Sequence[float] | None = None,
+    def process_batch(self, items: Sequence[ImageData], *, t: TArgument = None,
                       **options: Unpack[UpscaleOptions]) -> list[list[ImageData]]:
         """Low-level: several images of one size, one list of outputs per image (as :meth:`process`
         gives for each). Where the family supports it (:meth:`batchable`) the images share one network
@@ -203,97 +188,60 @@ class Upscaler:
             )
         ts, run = self.check_options(t, **options)
         progress = options.get("on_progress")
-        if items and self.batchable(*items[0].size):
+        if items and self.batchable(*items[0].size) and self._shared_ts(ts, run):
             return self._run_group(list(items), ts, run, progress)
         return [self._run_group([data], ts, run, progress)[0] for data in items]
 
-    def settings(self, t: float | None = None, **options: Unpack[UpscaleOptions]) -> dict[str, Any]:
+    def settings(self, t: float | TMap | None = None, **options: Unpack[UpscaleOptions]) -> dict[str, Any]:
         """What determines an output's pixels for one t (options resolved to their values): recorded
         in written files so a folder run skips an output only if the same settings made it."""
         from . import __version__
 
-        _, run = self.check_options(t, **options)
+        ts, run = self.check_options(t, **options)
+        value = ts[0] if ts else None
         record: dict[str, Any] = {"ctsr": __version__, "model": self.name, "family": self.meta.family,
-                                  "t": None if self.knob.kind == "none" else float(self.knob.default_t if t is None else t),  # type: ignore[arg-type]
+                                  "t": {"map": value.digest} if isinstance(value, TMap) else value,
                                   "scale": run.scale, "color_fix": run.color_fix}
+        if run.protect_faces is not None:
+            record["protect_faces"] = run.protect_faces
         used = set(self.family.options)
         for name in ("knob_steps", "seed", "encode"):
             if name in used:
                 record[name] = getattr(run, name)
         return record
 
-    def check_options(self, t: Any = None, **options: Unpack[UpscaleOptions]) -> tuple[list[float] | None, RunOptions]:
+    def check_options(self, t: Any = None, **options: Unpack[UpscaleOptions]) -> tuple[list[TValue] | None, RunOptions]:
         """Validate t and options without running anything; returns the t list and resolved options."""
-        unknown = set(options) - set(UpscaleOptions.__annotations__)
-        if unknown:
-            raise InvalidInputError(f"unknown option(s) {sorted(unknown)}; the options are {sorted(UpscaleOptions.__annotations__)}.")
-        ts = normalize_t(t, self.knob, model=f"model `{self.name}`")
-        ignored = {"knob_steps", "seed", "encode", "tiling", "tile", "tile_overlap", "vae_tile", "memory_budget"} - set(self.family.options)
-        given = sorted(k for k in ignored if options.get(k) is not None)
-        if given:
-            flags = ", ".join(f"`{k}` (--{k.replace('_', '-')})" for k in given)
-            verb, pronoun = ("does", "it") if len(given) == 1 else ("do", "them")
-            raise InvalidInputError(f"{flags} {verb} not apply to {self.meta.family} students like `{self.name}`; drop {pronoun}.")
-        scale = options.get("scale")
-        scale = self.default_scale if scale is None else scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 1:
-            raise InvalidInputError(f"`scale` must be a number >= 1 (e.g. 2, 2.5, 4), got {scale!r}.")
-        steps = options.get("knob_steps")
-        steps = self.knob.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise InvalidInputError(f"`knob_steps` must be an integer >= 1, got {steps!r}.")
-        mode = options.get("encode") or self.meta.encode
-        if mode not in ("mean", "sample"):
-            raise InvalidInputError(f"`encode` must be 'mean' or 'sample', got {mode!r}.")
-        seed = options.get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise InvalidInputError(f"`seed` must be an integer, got {seed!r}.")
-        fix = options.get("color_fix")
-        fix = check_color_fix(self.meta.color_fix if fix is None else fix)
-        tiling = options.get("tiling") or "auto"
-        modes = self.family.tiling.modes
-        if tiling not in modes:
-            raise InvalidInputError(f"`tiling` (--tiling) must be one of {list(modes)} for {self.meta.family} students, got {tiling!r}.")
-        for name, least in (("tile", 1), ("tile_overlap", 0), ("vae_tile", 1)):
-            value = options.get(name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise InvalidInputError(f"`{name}` (--{name.replace('_', '-')}) must be an integer >= {least}, got {value!r}.")
-        tile, overlap = options.get("tile"), options.get("tile_overlap")
-        min_tile = self.family.tiling.min_tile
-        if tile is not None and tile < min_tile:
-            raise InvalidInputError(f"`tile` (--tile) must be at least {min_tile} for {self.meta.family} students, got {tile}.")
-        if tile is not None and overlap is not None and not overlap < tile:
-            raise InvalidInputError(f"`tile_overlap` (--tile-overlap) must be smaller than `tile` (--tile), got {overlap} and {tile}.")
-        if options.get("seed") is not None and mode != "sample" and "encode" in self.family.options:
-            raise InvalidInputError("`seed` (--seed) only applies with `encode='sample'` (--encode sample); drop it or add that.")
-        if options.get("knob_steps") is not None and self.knob.kind != "ctsr-flow":
-            raise InvalidInputError(
-                f"`knob_steps` (--knob-steps) applies to the Euler steps of a `ctsr-flow` knob; model `{self.name}` has a "
-                f"`{self.knob.kind}` knob. Drop it."
-            )
-        vae_tile = options.get("vae_tile")
-        if vae_tile is not None and (vae_tile < 64 or vae_tile % 64):
-            raise InvalidInputError(f"`vae_tile` must be a multiple of 64 pixels (>= 64), got {vae_tile}.")
-        budget = options.get("memory_budget")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-            raise InvalidInputError(f"`memory_budget` must be a positive number of bytes, got {budget!r}.")
-        limit = options.get("max_pixels")
-        limit = MAX_PIXELS if limit is None else limit
-        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-            raise InvalidInputError(f"`max_pixels` must be a positive number of output pixels, got {limit!r}.")
-        return ts, RunOptions(scale=float(scale), color_fix=fix, knob_steps=steps, seed=seed, encode=mode,
-                              tiling=cast(TilingChoice, tiling),  # one of the family's modes, checked above
-                              tile=options.get("tile"), tile_overlap=options.get("tile_overlap"),
-                              vae_tile=options.get("vae_tile"), memory_budget=budget, max_pixels=float(limit))
+        return check_options(t, options, family=self.family, meta=self.meta, name=self.name)
 
     # -- internals -----------------------------------------------------------------------------
 
-    def _run_group(self, items: list[ImageData], ts: list[float] | None, run: RunOptions,
+    @staticmethod
+    def _shared_ts(ts: list[TValue] | None, run: RunOptions) -> bool:
+        """Whether every image of a batch can share the t values (no faces to find in each)."""
+        return run.protect_faces is None
+
+    def _image_ts(self, pixels: np.ndarray, ts: list[TValue] | None, run: RunOptions) -> list[TValue] | None:
+        """The t values for one image: its maps checked against its shape, its faces pinned."""
+        if ts is None:
+            return None
+        height, width = pixels.shape[:2]
+        for value in ts:
+            if isinstance(value, TMap):
+                value.check_aspect(height, width)
+        if run.protect_faces is None:
+            return ts
+        from .faces import protected
+
+        return protected(ts, pixels, run.protect_faces)
+
+    def _run_group(self, items: list[ImageData], ts: list[TValue] | None, run: RunOptions,
                    progress: ProgressCallback | None) -> list[list[ImageData]]:
         """Images of one size and bit depth through one network call (N = len(items))."""
         run = replace(run, bit_depth=items[0].bit_depth)
         size = target_size(*items[0].size, run.scale)
         _check_pixels(size, run)
+        ts = self._image_ts(items[0].pixels, ts, run)  # one image, or a batch that shares them
         # 1. image in: transparent colour filled, alpha upscaled on its own
         emit(progress, "preprocess", 0, 1)
         pixels = [data.pixels if data.alpha is None else fill_transparent(data.pixels, data.alpha) for data in items]
@@ -307,11 +255,13 @@ class Upscaler:
             for index, (data, alpha) in enumerate(zip(items, alphas, strict=True))
         ]
 
-    def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+    def _forward_with_retry(self, lr: torch.Tensor, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
+                            on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         with self._lock:
             return self._forward_locked(lr, size, ts, options, on_progress)
 
-    def _forward_locked(self, lr: torch.Tensor, size: tuple[int, int], ts: list[float] | None, options: RunOptions, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
+    def _forward_locked(self, lr: torch.Tensor, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
+                        on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         try:
             return self.model.forward(lr, size=size, ts=ts, options=options, on_progress=on_progress)
         except NonFinite as first:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import InvalidInputError
 from .image import _FORMATS, IMAGE_EXTENSIONS
+from .tmap import TMap
 
 __all__ = ["find_images", "Job", "OUTPUT_FORMATS", "plan_jobs", "check_plan", "t_suffix", "format_of"]
 
@@ -34,8 +35,9 @@ def format_of(path: Path) -> str | None:
     return _FORMAT_OF.get(path.suffix.lower())
 
 
-def t_suffix(t: float) -> str:
-    return f"_t{t:.2f}"
+def t_suffix(t: float | TMap) -> str:
+    """The name suffix of one t of several: ``_t0.50``, or ``_tmap`` and the map's digest."""
+    return f"_tmap{t.digest[:8]}" if isinstance(t, TMap) else f"_t{t:.2f}"
 
 
 def _roots(inputs: Sequence[Path]) -> dict[int, Path]:
@@ -149,7 +151,7 @@ def plan_jobs(
     inputs: Sequence[str | Path],
     output: str | Path,
     *,
-    ts: Sequence[float] | None = None,
+    ts: Sequence[float | TMap] | None = None,
     recursive: bool = False,
     fmt: str | None = None,
     suffix: str = "",

@@ -106,6 +106,34 @@ def write_osediff_pkl(path: Path, rank: int = 4) -> tuple[Path, torch.nn.Module,
     return path, unet, vae
 
 
+def peft_pisa_unet(rank_pix: int = 4, rank_sem: int = 2, seed: int = 4):
+    """The tiny UNet with PiSA-SR's six peft adapters (encoder/decoder/others x pix/sem) and random
+    LoRA weights, as PiSA-SR's ``initialize_unet`` builds them; returns (unet, module groups)."""
+    from peft import LoraConfig
+
+    unet = tiny_unet()
+    groups = osediff_targets(unet, PATTERNS_UNET, vae=False)
+    for branch, rank in (("pix", rank_pix), ("sem", rank_sem)):
+        for group in ("encoder", "decoder", "others"):
+            unet.add_adapter(LoraConfig(r=rank, init_lora_weights="gaussian", target_modules=groups[group]),
+                             adapter_name=f"default_{group}_{branch}")
+    generator = torch.Generator().manual_seed(seed)
+    for name, param in unet.named_parameters():
+        if "lora_B" in name:
+            param.data = torch.randn(param.shape, generator=generator) * 0.05
+    return unet, groups
+
+
+def write_pisa_pkl(path: Path, rank_pix: int = 4, rank_sem: int = 2) -> tuple[Path, torch.nn.Module]:
+    """Write a pisa_sr.pkl exactly as PiSASR.save_model does (a torch.save'd dict)."""
+    unet, groups = peft_pisa_unet(rank_pix, rank_sem)
+    checkpoint = {f"unet_lora_{group}_modules_{branch}": groups[group] for branch in ("pix", "sem") for group in ("encoder", "decoder", "others")}
+    checkpoint.update({"lora_rank_unet_pix": rank_pix, "lora_rank_unet_sem": rank_sem,
+                       "state_dict_unet": {k: v for k, v in unet.state_dict().items() if "lora" in k}})
+    torch.save(checkpoint, path)
+    return path, unet
+
+
 def prompt_embeds(seed: int = 3) -> torch.Tensor:
     return torch.randn(1, 77, CROSS_DIM, generator=torch.Generator().manual_seed(seed))
 

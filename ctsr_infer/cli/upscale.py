@@ -39,6 +39,8 @@ def upscale(
     seed: Annotated[int | None, typer.Option("--seed", help="Seed for --encode sample.")] = None,
     encode: Annotated[str | None, typer.Option("--encode", help="VAE posterior: mean (deterministic) or sample.")] = None,
     knob_steps: Annotated[int | None, typer.Option("--knob-steps", help="Euler steps of the ctsr-flow knob.")] = None,
+    t_map: Annotated[Path | None, typer.Option("--t-map", help="A grayscale image of t per position (black 0 = realistic, white 1 = faithful; the image's aspect ratio, any size); instead of --t.")] = None,
+    protect_faces: Annotated[float | None, typer.Option("--protect-faces", help="A t for the faces found in each image (e.g. 1: faithful faces); needs the `faces` extra.")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders, mirroring the tree.")] = False,
     overwrite: OverwriteOption = False,
     fmt: Annotated[str | None, typer.Option("--format", help="Output format in folder mode: png (default), jpg, webp, tiff.")] = None,
@@ -64,7 +66,13 @@ def upscale(
     from .output import print_summary, upscale_stdio
 
     # 1. check the arguments and plan the outputs before loading anything
-    ts = parse_t(t)
+    ts: list[Any] | None = parse_t(t)
+    if t_map is not None:
+        if ts is not None:
+            raise typer.BadParameter("give --t or --t-map, not both (a map holds a t per position).")
+        from ..tmap import as_tmap
+
+        ts = [as_tmap(t_map, argument="--t-map")]
     if batch_size < 1:
         raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
     check_encoding(quality=quality, png_level=png_level)
@@ -82,6 +90,8 @@ def upscale(
     set_threads(threads)
     upscaler = load(model, base=base, device=device, dtype=dtype, compile=compile_)
     options: dict[str, Any] = {"scale": scale, "color_fix": color_fix, "knob_steps": knob_steps, "seed": seed, "encode": encode}
+    if protect_faces is not None:
+        options["protect_faces"] = protect_faces
     tiling_options = {"tiling": None if tiling == "auto" else tiling, "tile": tile, "tile_overlap": tile_overlap, "vae_tile": vae_tile,
                           "memory_budget": None if memory_budget is None else memory_budget * 1e9, "max_pixels": max_pixels}
     options.update({k: v for k, v in tiling_options.items() if v is not None})

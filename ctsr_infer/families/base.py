@@ -47,6 +47,8 @@ class RunOptions:
     """Bytes the tiler may plan for; None: half the RAM (CPU) or 80% of the GPU's memory."""
     max_pixels: float = 256e6
     """Largest output (pixels) a call accepts; larger ones are refused before any work."""
+    protect_faces: float | None = None
+    """The t faces get (a map pins them, feathered); None: faces are not treated apart."""
 
 
 @contextmanager

@@ -21,9 +21,10 @@ if TYPE_CHECKING:
     from ..device import Placement
     from ..progress import ProgressCallback
     from ..student_file import StudentFile, StudentMeta
+    from ..tmap import TValue
     from .base import RunOptions
 
-__all__ = ["Family", "CheckpointFormat", "Checkpoint", "ConvertInputs", "LoadContext", "CpuFastPath", "TilingPolicy", "FamilyModel"]
+__all__ = ["Checkpoint", "CheckpointFormat", "ConvertInputs", "CpuFastPath", "Family", "FamilyModel", "LoadContext", "TilingPolicy"]
 
 
 class FamilyModel(Protocol):
@@ -32,10 +33,10 @@ class FamilyModel(Protocol):
     meta: StudentMeta
     placement: Placement
 
-    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(N, 3, h, w) float in [0, 1] -> one (N, 3, *size) float32 CPU tensor in [0, 1] per t (one
-        tensor when ``ts`` is None)."""
+        tensor when ``ts`` is None); a t may be a map (:mod:`ctsr_infer.tmap`) where the knob takes one."""
         ...
 
     def in_fp32(self) -> AbstractContextManager[None]:

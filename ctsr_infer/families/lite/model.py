@@ -19,6 +19,7 @@ from ...progress import ProgressCallback, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import tiled_apply
+from ...tmap import TMap, TValue
 from ..base import RunOptions, run_in_fp32
 from ..framing import to_size
 from ..state import fit_state
@@ -82,19 +83,37 @@ class LiteStudent:
         return out[..., pad * scale : out.shape[-2] - pad * scale, pad * scale : out.shape[-1] - pad * scale]
 
     @torch.inference_mode()
-    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(N, 3, h, w) in [0, 1] -> one (N, 3, *size) float32 tensor in [0, 1] per t. The N images go
         through the network together; resizing and colour fix are per image, so each result equals
-        its own N = 1 call up to float rounding."""
-        outputs: list[torch.Tensor] = []
+        its own N = 1 call up to float rounding.
+
+        A t map is an output-space blend (t is a network input for the whole image): the outputs at
+        the map's lowest and highest t, mixed per pixel by the map resized to the output."""
         values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
         references: list[torch.Tensor | None] = [None] * lr.shape[0]
+        done: dict[float, torch.Tensor] = {}
+
+        def at(t: float) -> torch.Tensor:
+            if t not in done:
+                emit(on_progress, "network", 0, 1)
+                out = self._run(lr, t, on_progress, options.tile, options.tile_overlap, options.tiling)
+                check_finite(out, "the network output")
+                done[t] = to_size(out, lr, size, options, references)
+            return done[t]
+
+        outputs: list[torch.Tensor] = []
         for t in values:
-            emit(on_progress, "network", 0, 1)
-            out = self._run(lr, t, on_progress, options.tile, options.tile_overlap, options.tiling)
-            check_finite(out, "the network output")
-            outputs.append(to_size(out, lr, size, options, references))
+            if not isinstance(t, TMap):
+                outputs.append(at(t))
+                continue
+            low, high = at(t.low), at(t.high)
+            if t.high == t.low:
+                outputs.append(low)
+                continue
+            weight = (t.resized(*size) - t.low) / (t.high - t.low)
+            outputs.append(low + weight * (high - low))
         return outputs
 
     @contextmanager

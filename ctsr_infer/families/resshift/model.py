@@ -38,6 +38,7 @@ from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from ...tiling.budget import budget_for_tiles
+from ...tmap import TValue
 from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple, to_size
 from ..state import fit_state
@@ -99,7 +100,7 @@ class ResShiftModel:
     # -- the runtime path --------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(1, 3, h, w) in [0, 1] -> [(1, 3, *size) float32 in [0, 1]] (no knob: ``ts`` is None)."""
         if ts is not None:

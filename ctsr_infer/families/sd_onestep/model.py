@@ -35,6 +35,7 @@ from ...receptive import context_for, receptive_radius
 from ...student_file import Component, StudentFile
 from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from ...tiling.budget import budget_for_tiles
+from ...tmap import TMap, TValue
 from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple
 from .base_model import SD21_BASE, VAE_SCALING, predict_x0
@@ -42,11 +43,13 @@ from .base_model import SD21_BASE, VAE_SCALING, predict_x0
 if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
-__all__ = ["SDOneStep", "FAMILY_NAME"]
+__all__ = ["FAMILY_NAME", "SDOneStep"]
 
 logger = logging.getLogger(__name__)
 
 FAMILY_NAME = "sd-onestep"
+KNOB_KINDS = ("none", "ctsr-flow", "dual-lora")
+PREDICTIONS = ("epsilon", "residual")
 
 
 def _base_description(unet: UNet2DConditionModel, vae: AutoencoderKL) -> str:
@@ -64,8 +67,10 @@ class SDOneStep:
                  placement: Placement) -> None:
         self.meta = student.meta
         self.placement = placement
-        if self.meta.knob.kind not in ("none", "ctsr-flow"):
-            raise KnobError(f"sd-onestep students support knob kinds `none` and `ctsr-flow`, not {self.meta.knob.kind!r}.")
+        if self.meta.knob.kind not in KNOB_KINDS:
+            raise KnobError(f"sd-onestep students support knob kinds {list(KNOB_KINDS)}, not {self.meta.knob.kind!r}.")
+        self.prediction = str(self.meta.config.get("prediction", "epsilon"))
+        """``epsilon``: x0 from the noise schedule (OSEDiff, CTSR); ``residual``: x0 = z - eps (PiSA-SR)."""
         self.alphas_cumprod = alphas_cumprod
         modules: dict[Component, nn.Module] = {"unet": unet, "vae": vae}
         prompt = student.prompt_embeds
@@ -104,8 +109,8 @@ class SDOneStep:
         for part in self._decoder_parts():
             placement.place(part, placement.decoder_dtype)
         self.prompt_embeds = prompt.to(device=placement.device, dtype=placement.dtype)
-        if self.meta.knob.kind == "ctsr-flow" and not self.ctrl:
-            raise KnobError("the student declares the ctsr-flow knob but its file has no `ctrl` adapter.")
+        if self.meta.knob.kind in ("ctsr-flow", "dual-lora") and not self.ctrl:
+            raise KnobError(f"the student declares the {self.meta.knob.kind} knob but its file has no `ctrl` adapter.")
 
     @staticmethod
     def _apply_overrides(module: nn.Module, overrides: Mapping[str, torch.Tensor], component: str, unet: UNet2DConditionModel,
@@ -138,12 +143,13 @@ class SDOneStep:
     # -- one call: upsample, pad, encode, denoise, knob, decode, colour fix ------------------------
 
     @torch.inference_mode()
-    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[float] | None, options: RunOptions,
+    def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(1, 3, h, w) float in [0, 1] -> one (1, 3, *size) float32 CPU tensor in [0, 1] per t.
 
         The input is bicubic-upsampled to ``size`` first (OSEDiff's network is 1x); t = None means
-        the plain student output."""
+        the plain student output. A t map acts per latent position (the knobs here are linear in the
+        latent), on the whole latent after the UNet's tiles are blended."""
         pixels = lr[0].permute(1, 2, 0).numpy()
         upsampled = torch.from_numpy(resize_bicubic(pixels, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
         height, width = size
@@ -158,9 +164,14 @@ class SDOneStep:
         latents = self.encode(padded, generator=generator, mode=options.encode, plan=plan, on_progress=on_progress)
         check_finite(latents, "the encoded latent")
         emit(on_progress, "denoise", 0, 1)
-        z0 = self.denoise(latents, plan=plan, on_progress=on_progress)
-        check_finite(z0, "the denoised latent")
-        finals = self.apply_knob(z0, ts, options.knob_steps, on_progress, plan=plan)
+        if self.meta.knob.kind == "dual-lora":
+            finals = self.mix_branches(latents, ts, on_progress, plan=plan)
+        else:
+            eps = self.noise(latents, plan=plan, on_progress=on_progress)
+            check_finite(eps, "the UNet output")
+            z0 = self.to_x0(latents, eps)
+            check_finite(z0, "the denoised latent")
+            finals = self.apply_knob(z0, ts, options.knob_steps, on_progress, plan=plan)
         outputs: list[torch.Tensor] = []
         for z in finals:
             emit(on_progress, "decode", 0, 1)
@@ -171,13 +182,19 @@ class SDOneStep:
         emit(on_progress, "colour fix", 1, 1)
         return outputs
 
-    def apply_knob(self, z0: torch.Tensor, ts: list[float] | None, steps: int, on_progress: ProgressCallback | None = None,
+    @staticmethod
+    def _on_latent(t: TValue, like: torch.Tensor) -> torch.Tensor | float:
+        """A number as is; a map resized to the latent grid (the padded image's, 1/8 of its pixels)."""
+        return t.resized(like.shape[-2], like.shape[-1]).to(like.device) if isinstance(t, TMap) else t
+
+    def apply_knob(self, z0: torch.Tensor, ts: list[TValue] | None, steps: int, on_progress: ProgressCallback | None = None,
                    *, plan: TilePlan | None = None) -> list[torch.Tensor]:
-        """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1)."""
+        """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1; a t
+        map needs one step, which the pipeline checks)."""
         if ts is None:
             return [z0]
         knob = self.meta.knob
-        positive = [t for t in ts if t > 0]
+        positive = [t for t in ts if (t.high if isinstance(t, TMap) else t) > 0]
         calls = (1 if positive else 0) if steps == 1 else steps * len(positive)
         done = 0
         emit(on_progress, "knob", 0, calls)
@@ -189,11 +206,12 @@ class SDOneStep:
             emit(on_progress, "knob", done, calls)
         finals: list[torch.Tensor] = []
         for t in ts:
-            if t == 0:
+            if t not in positive:
                 finals.append(z0)
             elif velocity is not None:
-                finals.append(z0 + t * velocity)
+                finals.append(z0 + self._on_latent(t, z0) * velocity)
             else:
+                assert not isinstance(t, TMap)  # the pipeline refuses maps with steps > 1
                 z, dt = z0, t / steps
                 for k in range(steps):
                     v = self.velocity(z, knob.tau(k * dt), plan=plan, on_progress=on_progress)
@@ -202,6 +220,44 @@ class SDOneStep:
                     done += 1
                     emit(on_progress, "knob", done, calls)
                 finals.append(z)
+        return finals
+
+    def mix_branches(self, latents: torch.Tensor, ts: list[TValue] | None, on_progress: ProgressCallback | None = None,
+                     *, plan: TilePlan | None = None) -> list[torch.Tensor]:
+        """The dual-lora knob (PiSA-SR): eps_pix from the fused pixel branch, eps_sem from the same
+        weights plus the semantic (ctrl) LoRA, each at most once; every t (every position's own t) is
+        then eps = lambda_pix * eps_pix + lambda_sem * (eps_sem - eps_pix), x0 from eps.
+
+        Written as (lambda_pix - lambda_sem) * eps_pix + lambda_sem * eps_sem, a branch whose weight is
+        0 for every t is not run: t = 0 with the default mapping (1, 1) is PiSA-SR's single pass with
+        both branches, t = 1 (1, 0) the pixel branch alone, a sweep two UNet calls in all."""
+        knob = self.meta.knob
+        values = ts if ts is not None else [float(knob.default_t or 0.0)]
+        ends = [(knob.lambdas(0.0), knob.lambdas(1.0)) if isinstance(t, TMap) else (knob.lambdas(t),) * 2 for t in values]
+        need_pix = any(pix != sem for pair in ends for pix, sem in pair)
+        need_sem = any(sem != 0.0 for pair in ends for _, sem in pair)
+        eps_pix = eps_sem = None
+        if need_pix:
+            eps_pix = self.noise(latents, plan=plan, on_progress=on_progress)
+            check_finite(eps_pix, "the pixel branch's UNet output")
+        emit(on_progress, "knob", 0, int(need_sem))
+        if need_sem:
+            eps_sem = self.velocity(latents, self.meta.timestep, plan=plan, on_progress=on_progress)
+            check_finite(eps_sem, "the semantic branch's UNet output")
+            emit(on_progress, "knob", 1, 1)
+        finals = []
+        for t, (at0, at1) in zip(values, ends, strict=True):
+            weight = self._on_latent(t, latents) if isinstance(t, TMap) else 0.0
+            pix = at0[0] + (at1[0] - at0[0]) * weight
+            sem = at0[1] + (at1[1] - at0[1]) * weight
+            eps = torch.zeros_like(latents)
+            if eps_pix is not None:
+                eps = eps + eps_pix * (pix - sem)
+            if eps_sem is not None:
+                eps = eps + eps_sem * sem
+            z0 = self.to_x0(latents, eps)
+            check_finite(z0, "the denoised latent")
+            finals.append(z0)
         return finals
 
     # -- the stages; each tiles itself according to the plan ----------------------------------
@@ -238,16 +294,26 @@ class SDOneStep:
         latents = posterior.sample(generator=generator) if mode == "sample" else posterior.mean
         return latents.float() * VAE_SCALING
 
+    def noise(self, latents: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
+        """One UNet call (tiled by the plan) at the student's timestep: eps (float32)."""
+        timestep = self.meta.timestep
+        return self._tiled_unet(lambda z: self._unet(z, timestep), latents, plan, on_progress, "denoise").to(latents.device)
+
+    def to_x0(self, latents: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """z0 from the latent and the UNet's eps: the schedule's closed form, or z - eps (``residual``)."""
+        if self.prediction == "residual":
+            return latents.float() - eps.float()
+        return predict_x0(latents, eps, self.alphas_cumprod, self.meta.timestep)
+
     def denoise(self, latents: torch.Tensor, *, plan: TilePlan | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:
         """One UNet call (tiled by the plan) at the student's timestep; returns z0 (float32) in closed form."""
-        timestep = self.meta.timestep
-        eps = self._tiled_unet(lambda z: self._unet(z, timestep), latents, plan, on_progress, "denoise")
-        return predict_x0(latents, eps.to(latents.device), self.alphas_cumprod, timestep)
+        return self.to_x0(latents, self.noise(latents, plan=plan, on_progress=on_progress))
 
     def velocity(self, latents: torch.Tensor, timestep: int, *, plan: TilePlan | None = None,
                  on_progress: ProgressCallback | None = None) -> torch.Tensor:
         """eps of the UNet with the ctrl LoRA on top of the fused stage-1 weights (float32), tiled
-        with the same plan as the SR step."""
+        with the same plan as the SR step (ctsr-flow: the knob's velocity; dual-lora: eps_sem). The
+        ctrl delta is added to a temporary copy of the weights it touches for this call only."""
         from torch.func import functional_call
 
         params = dict(self.unet.named_parameters())
