@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -42,8 +42,17 @@ from .knob import Knob
 META_KEY = "ctsr.meta"
 """The safetensors header key holding a student file's metadata."""
 
-__all__ = ["FORMAT_VERSION", "META_KEY", "Adapter", "StudentMeta", "StudentFile", "save_student", "load_student", "check_fields",
-           "FieldBounds"]
+__all__ = [
+    "FORMAT_VERSION",
+    "META_KEY",
+    "Adapter",
+    "FieldBounds",
+    "StudentFile",
+    "StudentMeta",
+    "check_fields",
+    "load_student",
+    "save_student",
+]
 
 FORMAT_VERSION = 1
 Component = Literal["unet", "vae"]

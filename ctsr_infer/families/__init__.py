@@ -15,8 +15,23 @@ from .lite import FAMILY as LITE
 from .resshift import FAMILY as RESSHIFT
 from .sd_onestep import FAMILY as SD_ONESTEP
 
-__all__ = ["FAMILIES", "STUDENT_FORMAT", "Family", "FamilyModel", "CheckpointFormat", "Checkpoint", "ConvertInputs", "LoadContext",
-           "CpuFastPath", "TilingPolicy", "get_family", "formats", "get_format", "read_checkpoint", "detect_format"]
+__all__ = [
+    "FAMILIES",
+    "STUDENT_FORMAT",
+    "Checkpoint",
+    "CheckpointFormat",
+    "ConvertInputs",
+    "CpuFastPath",
+    "Family",
+    "FamilyModel",
+    "LoadContext",
+    "TilingPolicy",
+    "detect_format",
+    "formats",
+    "get_family",
+    "get_format",
+    "read_checkpoint",
+]
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (LITE, SD_ONESTEP, RESSHIFT)}
 """Every family, by name, in the order ``ctsr models`` lists them."""

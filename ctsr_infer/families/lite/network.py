@@ -18,7 +18,7 @@ from torch import nn
 
 from ...errors import IncompatibleWeightsError
 
-__all__ = ["LiteNet", "icnr_", "config_from_state", "check_config", "CONFIG_BOUNDS"]
+__all__ = ["CONFIG_BOUNDS", "LiteNet", "check_config", "config_from_state", "icnr_"]
 
 CONFIG_BOUNDS: dict[str, tuple[int, int]] = {"channels": (1, 512), "blocks": (1, 64), "scale": (1, 8), "embed": (1, 256)}
 """Inclusive bounds of the metadata ``config`` fields (the shipped model: 64 channels, 16 blocks, x4, 16)."""

@@ -16,7 +16,7 @@ from ...errors import IncompatibleWeightsError, WeightsNotFoundError, require
 if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
 
-__all__ = ["SD21_BASE", "VAE_SCALING", "SD21_UNET", "SD21_VAE", "alphas_cumprod_scaled_linear", "predict_x0", "load_base", "encode_prompt"]
+__all__ = ["SD21_BASE", "SD21_UNET", "SD21_VAE", "VAE_SCALING", "alphas_cumprod_scaled_linear", "encode_prompt", "load_base", "predict_x0"]
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from ..family import Checkpoint, ConvertInputs
 from .base_model import encode_prompt
 from .model import FAMILY_NAME
 
-__all__ = ["convert_osediff", "is_osediff", "convert_inputs", "OSEDIFF_LORA_ALPHA"]
+__all__ = ["OSEDIFF_LORA_ALPHA", "convert_inputs", "convert_osediff", "is_osediff"]
 
 OSEDIFF_LORA_ALPHA = 8.0
 """OSEDiff's LoraConfig sets no ``lora_alpha``, so peft's default 8 applies (scale 8 / r)."""
