@@ -23,6 +23,7 @@ def convert_checkpoint(
     format: str | None = None,
     base: str | os.PathLike[str] | None = None,
     companion: str | os.PathLike[str] | None = None,
+    fidelity: str | os.PathLike[str] | None = None,
     prompt: str = "",
     licence: str = "unknown",
     settings: Mapping[str, Any] | None = None,
@@ -36,6 +37,8 @@ def convert_checkpoint(
         format: the format's name, overriding detection from the contents.
         base: a local diffusers folder of the base model, for formats that need one (prompt embedding).
         companion: the second file of formats that have one (ResShift's ``--vq`` autoencoder).
+        fidelity: formats that pair networks (``classic``): the faithful network (t = 1) of a
+            ``blend`` knob whose realistic end (t = 0) is ``path``.
         settings: converter settings (e.g. a ResShift ``sampler``/``schedule``).
 
     Raises:
@@ -67,12 +70,19 @@ def convert_checkpoint(
         if companion is None:
             raise InvalidInputError(f"`{path}` is {fmt.description}; converting it also needs {get_format(fmt.companion).description}: "
                                     f"pass it with {fmt.companion_option} FILE.")
-        companion_file = read_checkpoint(companion)
+        companion_file = read_checkpoint(companion, raw_ok=get_format(fmt.companion).raw_companion)
         if not get_format(fmt.companion).detect(companion_file):
             raise InvalidInputError(f"{fmt.companion_option} `{companion}` is not {get_format(fmt.companion).description}.")
+    faithful = None
+    if fidelity is not None:
+        if not fmt.pairs:
+            raise InvalidInputError(f"`{path}` is {fmt.description}, which does not pair with a fidelity network; drop --fidelity.")
+        faithful = read_checkpoint(fidelity)
+        if not fmt.detect(faithful):
+            raise InvalidInputError(f"--fidelity `{fidelity}` is not {fmt.description}.")
     base_dir = Path(base) if base is not None else None
     inputs = ConvertInputs(source=checkpoint, base_dir=base_dir, base_ref={"path": str(base_dir.resolve())} if base_dir else {},
-                           companion=companion_file, prompt=prompt, licence=licence, settings=dict(settings or {}),
+                           companion=companion_file, fidelity=faithful, prompt=prompt, licence=licence, settings=dict(settings or {}),
                            provenance=dict(provenance or {}))
     student = fmt.convert(inputs)
     return name, replace(student, meta=replace(student.meta, licence=licence if licence != "unknown" else student.meta.licence))

@@ -160,6 +160,16 @@ def _from_source(spec: ModelSpec, source: Source, *, offline: bool, on_progress:
             return Path(hf_hub_download(source.repo_id, source.path or name, revision=source.revision, local_files_only=offline))
         except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
             raise _Unavailable(_cause(exc, offline=offline)) from exc
+    if source.wheel:  # a file inside an installed distribution
+        from importlib import metadata
+
+        try:
+            located = Path(str(metadata.distribution(source.wheel).locate_file(str(source.path))))
+        except metadata.PackageNotFoundError:
+            raise _Unavailable(f"the `{source.wheel}` package is not installed (`pip install {source.wheel}`)") from None
+        if not located.is_file():
+            raise _Unavailable(f"`{source.wheel}` is installed but has no `{source.path}`")
+        return located
     if source.manual:  # no direct link: a person downloads it and puts it where we look
         target = _download_dir(spec.id) / name
         if target.is_file():
@@ -322,7 +332,8 @@ def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *,
     if fmt.companion is not None:
         if spec.vq is None:  # the manifest parser refuses this; a hand-built spec may not
             raise IncompatibleWeightsError(f"model `{spec.id}` is a {fmt.name} checkpoint; it needs a `vq` file of format {fmt.companion}.")
-        companion = read_checkpoint(fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress))
+        companion = read_checkpoint(fetch_file(replace(spec, file=spec.vq), offline=offline, on_progress=on_progress),
+                                    raw_ok=get_format(fmt.companion).raw_companion)
     if fmt.needs_base and base_dir is None:
         raise IncompatibleWeightsError(f"model `{spec.id}` needs a base model to convert `{raw.name}`; give a local "
                                        "diffusers folder with --base DIR (Python: `base=`).")

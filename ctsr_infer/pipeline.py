@@ -33,6 +33,7 @@ from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_n
 from .knob import Knob
 from .options import UpscaleOptions, check_options
 from .progress import ProgressCallback, emit
+from .student_file import StudentFile
 from .tmap import TMap, TValue, is_map_like
 
 __all__ = ["UpscaleOptions", "Upscaler", "load", "target_size"]
@@ -311,17 +312,17 @@ def load(
     model = manifest.default if model is None else model
     base_dir: Path | None = Path(base) if base is not None else None
     as_path = Path(model)
+    student = None
     if as_path.suffix.lower() in (".pkl", ".pth", ".pt", ".ckpt") or as_path.is_file():
-        if as_path.suffix.lower() != ".safetensors":
-            _refuse_unconverted(as_path)
-        student_path, name = as_path, as_path.name
+        student, name = _unconverted(as_path), as_path.name
+        student_path = as_path
     elif as_path.suffix.lower() == ".safetensors":
         student_path, name = as_path, as_path.name
     else:
         spec = manifest.get(str(model))
         student_path, base_dir = ensure_student(spec, base_dir=base_dir)
         name = spec.id
-    student = load_student(student_path)
+    student = student or load_student(student_path)
     family = get_family(student.meta.family, model=name)
     family.check_config(student.meta.config)
     if family.needs_base and base_dir is None:
@@ -339,20 +340,27 @@ def load(
     return upscaler
 
 
-def _refuse_unconverted(path: Path) -> None:
-    """A weights file that is not a student file: say what it is and how to convert it."""
+def _unconverted(path: Path) -> StudentFile | None:
+    """A weights file given as ``model``: None for a student file (loaded as such); a student made in
+    memory for a format that converts from the file alone (a classic network's ``.pth``); otherwise
+    an error saying what the file is and how to convert it."""
     from .errors import IncompatibleWeightsError
-    from .families import detect_format, read_checkpoint
+    from .families import ConvertInputs, detect_format, get_format, read_checkpoint
 
     if not path.is_file():
         raise InvalidInputError(f"`model` {str(path)!r} does not exist (a pickled checkpoint is converted first: "
                                 f"`ctsr models convert {path} OUT.safetensors`).")
     try:
-        fmt = detect_format(read_checkpoint(path))
+        checkpoint = read_checkpoint(path)
+        fmt = detect_format(checkpoint)
     except IncompatibleWeightsError:  # not a format we know: load_student says what it is not
-        return
-    if fmt != STUDENT_FORMAT:
-        raise InvalidInputError(
+        return None
+    if fmt == STUDENT_FORMAT:
+        return None
+    convert = get_format(fmt)
+    if convert.convert is not None and not convert.needs_base and convert.companion is None:
+        return convert.convert(ConvertInputs(source=checkpoint, provenance={"loaded_from": path.name}))
+    raise InvalidInputError(
             f"`model` {str(path)!r} is a {fmt} checkpoint, not a student file; convert it once with "
             f"`ctsr models convert {path} OUT.safetensors` (or register it: `ctsr models import {path} --id NAME`) and load the result."
         )

@@ -27,7 +27,8 @@ def _write_registry(data: dict) -> None:
     atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def import_model(path: Path, *, model_id: str, base: Path | None = None, companion: Path | None = None, prompt: str = "",
+def import_model(path: Path, *, model_id: str, base: Path | None = None, companion: Path | None = None, fidelity: Path | None = None,
+                 prompt: str = "",
                  licence: str = "unknown", format: str | None = None, settings: dict | None = None) -> ModelSpec:
     """Convert (if needed) and copy a checkpoint into the cache and register it under ``model_id``.
     The file's format is detected from its contents (``format`` overrides); see
@@ -42,7 +43,7 @@ def import_model(path: Path, *, model_id: str, base: Path | None = None, compani
         raise InvalidInputError(f"`--id` {model_id!r} is taken; pick another or `ctsr models remove {model_id}` first.")
     path = Path(path)
     target = settings_module.current().models_dir / f"{model_id}.safetensors"
-    fmt, student = convert_checkpoint(path, format=format, base=base, companion=companion, prompt=prompt, licence=licence,
+    fmt, student = convert_checkpoint(path, format=format, base=base, companion=companion, fidelity=fidelity, prompt=prompt, licence=licence,
                                       settings=settings, provenance={"source_sha256": sha256_of(path)})
     get_family(student.meta.family, model=str(path)).check_config(student.meta.config)
     if fmt == STUDENT_FORMAT:  # validated above; copied byte for byte
@@ -50,11 +51,13 @@ def import_model(path: Path, *, model_id: str, base: Path | None = None, compani
     else:
         save_student(student, target)
     meta = student.meta
+    architecture = meta.config.get("architecture")
+    detail = f"; {architecture} x{meta.config.get('scale', meta.scale)} ({meta.config.get('purpose', 'SR')})" if architecture else ""
     entry = {
         "family": meta.family,
         "file": {"filename": target.name, "format": STUDENT_FORMAT, "sha256": sha256_of(target), "size": target.stat().st_size,
                  "sources": [{"url": target.resolve().as_uri()}]},
-        "knob": meta.knob.to_json(), "scale": meta.scale, "licence": licence, "notes": f"imported from {path}",
+        "knob": meta.knob.to_json(), "scale": meta.scale, "licence": licence, "notes": f"imported from {path}{detail}",
     }
     registry_path = user_registry_path()
     registry = json.loads(registry_path.read_text()) if registry_path.is_file() else {}

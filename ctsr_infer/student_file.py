@@ -321,7 +321,7 @@ class StudentFile:
                     raise IncompatibleWeightsError(
                         f"{source}: `{key}` has rank {tensor.shape[0]}, adapter `{adapter.name}` declares rank {adapter.rank}."
                     )
-            elif not (key.startswith(("base.", "net.")) or key == "prompt_embeds"):
+            elif not (key.startswith(("base.", "net.", "fidelity.")) or key == "prompt_embeds"):
                 raise IncompatibleWeightsError(f"{source}: unexpected tensor `{key}`.")
             if not tensor.is_floating_point():
                 raise IncompatibleWeightsError(

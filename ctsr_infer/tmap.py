@@ -136,7 +136,7 @@ def as_tmap(value: Any, *, argument: str = "t_map") -> TMap:
 TValue = float | TMap
 """One t: a number for the whole image, or a map."""
 
-MAP_KINDS = ("ctsr-flow", "dual-lora", "native")
+MAP_KINDS = ("ctsr-flow", "dual-lora", "native", "blend")
 """Knob kinds that take a t map (``ctsr-flow`` with one Euler step)."""
 
 

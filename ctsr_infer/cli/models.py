@@ -109,6 +109,7 @@ def models_verify(model_id: Annotated[str | None, typer.Argument(help="Model id 
 FormatOption = Annotated[str | None, typer.Option("--format", help="The checkpoint's format, overriding detection from its contents (`ctsr models formats`).")]
 CompanionOption = Annotated[Path | None, typer.Option("--vq", help="The companion file of formats that have one (ResShift-family UNets: autoencoder_vq_f4.pth).")]
 PromptOption = Annotated[str, typer.Option("--prompt", help="Formats that need a base model: the fixed prompt carried in the student (default: empty).")]
+FidelityOption = Annotated[Path | None, typer.Option("--fidelity", help="Classic networks: a faithful network (t = 1) to pair with IN (t = 0) into a t knob (weights interpolated when both have one layout).")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="A converter setting KEY=VALUE (VALUE as JSON, else text; dotted keys nest: schedule.steps=4). Repeatable.")]
 SettingsOption = Annotated[Path | None, typer.Option("--settings", help="Converter settings as a JSON file (--set overrides it).")]
 
@@ -181,6 +182,7 @@ def models_import(
     base: BaseOption = None,
     prompt: PromptOption = "",
     vq: CompanionOption = None,
+    fidelity: FidelityOption = None,
     fmt: FormatOption = None,
     setting: SetOption = None,
     settings_file: SettingsOption = None,
@@ -189,9 +191,10 @@ def models_import(
     """Register a user-supplied checkpoint: converted and copied into the cache, then usable by id."""
     from ..registry import import_model
 
-    spec = import_model(path, model_id=model_id, base=base, companion=vq, prompt=prompt, licence=licence, format=fmt,
+    spec = import_model(path, model_id=model_id, base=base, companion=vq, fidelity=fidelity, prompt=prompt, licence=licence, format=fmt,
                         settings=_settings(setting, settings_file))
-    out.print(f"imported `{spec.id}` ({spec.family}, knob {spec.knob.kind}); use it with --model {spec.id}")
+    out.print(f"imported `{spec.id}` ({spec.family}, knob {spec.knob.kind}{'; ' + spec.notes.split('; ', 1)[1] if '; ' in spec.notes else ''}); "
+              f"use it with --model {spec.id}")
 
 
 @models_app.command("convert")
@@ -201,6 +204,7 @@ def models_convert(
     base: BaseOption = None,
     prompt: PromptOption = "",
     vq: CompanionOption = None,
+    fidelity: FidelityOption = None,
     fmt: FormatOption = None,
     setting: SetOption = None,
     settings_file: SettingsOption = None,
@@ -223,7 +227,8 @@ def models_convert(
     settings = _settings(setting, settings_file or net_config, sampler=sampler)
     # 2. detect the format, convert with its family's converter
     try:
-        name, student = convert_checkpoint(source, format=fmt, base=base, companion=vq, prompt=prompt, licence=licence, settings=settings)
+        name, student = convert_checkpoint(source, format=fmt, base=base, companion=vq, fidelity=fidelity, prompt=prompt, licence=licence,
+                                           settings=settings)
     except OSError as exc:  # reading the base model's text encoder: name the folder
         if isinstance(exc, CtsrError) or base is None:
             raise

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..errors import IncompatibleWeightsError, WeightsNotFoundError
 from .family import Checkpoint, CheckpointFormat, ConvertInputs, CpuFastPath, Family, FamilyModel, LoadContext, TilingPolicy
+from .classic import FAMILY as CLASSIC
 from .lite import FAMILY as LITE
 from .resshift import FAMILY as RESSHIFT
 from .sd_onestep import FAMILY as SD_ONESTEP
@@ -33,7 +34,7 @@ __all__ = [
     "read_checkpoint",
 ]
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (LITE, SD_ONESTEP, RESSHIFT)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (LITE, SD_ONESTEP, RESSHIFT, CLASSIC)}
 """Every family, by name, in the order ``ctsr models`` lists them."""
 STUDENT_FORMAT = "ctsr-student"
 """The format of ctsr's own student files (safetensors with a ``ctsr.meta`` record)."""
@@ -66,9 +67,11 @@ def family_of_format(name: str) -> Family:
     raise IncompatibleWeightsError(f"no family converts from {name!r}.")
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a weights file once for detection: safetensors (header and tensors) when it is one, else a
-    pickle through the restricted unpickler."""
+def read_checkpoint(path: str | os.PathLike[str], *, raw_ok: bool = False) -> Checkpoint:
+    """Read a weights file once for detection: safetensors (header and tensors) when it is one, a
+    format's own container when a family reads one (ncnn's ``.param``), else a pickle through the
+    restricted unpickler. ``raw_ok``: a file that is none of these is returned as raw bytes (a
+    companion such as ncnn weights) instead of refused."""
     from safetensors import SafetensorError, safe_open
 
     from ..safe_pickle import read_pickled_checkpoint
@@ -87,7 +90,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             return Checkpoint(path, "safetensors", header, tensors)
         except (SafetensorError, OSError, ValueError):
             pass
-    return Checkpoint(path, "pickle", {}, read_pickled_checkpoint(path))
+    for fmt in formats().values():
+        if fmt.reader is not None and (own := fmt.reader(path)) is not None:
+            return own
+    try:
+        return Checkpoint(path, "pickle", {}, read_pickled_checkpoint(path))
+    except IncompatibleWeightsError:
+        if raw_ok:
+            return Checkpoint(path, "raw")
+        raise
 
 
 def detect_format(checkpoint: Checkpoint) -> str:
@@ -100,7 +111,8 @@ def detect_format(checkpoint: Checkpoint) -> str:
 
     if checkpoint.container == "safetensors" and META_KEY in checkpoint.header:
         return STUDENT_FORMAT
-    matches = [fmt.name for fmt in formats().values() if fmt.detect(checkpoint)]
+    found = [fmt for fmt in formats().values() if fmt.detect(checkpoint)]
+    matches = [fmt.name for fmt in found if not fmt.generic] or [fmt.name for fmt in found]
     if len(matches) == 1:
         return matches[0]
     if matches:

@@ -84,7 +84,9 @@ class Checkpoint:
     """A weights file as read once for format detection (and then handed to the converter)."""
 
     path: Path
-    container: Literal["safetensors", "pickle"]
+    container: Literal["safetensors", "pickle", "ncnn-param", "raw"]
+    """How the file is stored: safetensors, a pickle, a format's own container (read by its
+    ``CheckpointFormat.reader``), or raw bytes (a companion file such as ncnn weights)."""
     header: Mapping[str, str] = field(default_factory=dict)
     """safetensors header metadata (empty for pickles)."""
     data: Any = None
@@ -115,6 +117,8 @@ class ConvertInputs:
     """The base-model reference written into the student (``{"repo_id", "revision"}`` or ``{"path"}``)."""
     companion: Checkpoint | None = None
     """The second file a format converts with (``companion``), read and detected."""
+    fidelity: Checkpoint | None = None
+    """Formats with ``pairs``: the faithful (t = 1) network of a ``blend`` knob; the source is t = 0."""
     prompt: str = ""
     licence: str = "unknown"
     settings: Mapping[str, Any] = field(default_factory=dict)
@@ -141,6 +145,16 @@ class CheckpointFormat:
     """Name of the format of a second file the converter needs."""
     companion_option: str = ""
     """The CLI option that names the companion file (``--vq``)."""
+    reader: Callable[[Path], Checkpoint | None] | None = None
+    """Reads a file of this format that is neither safetensors nor a pickle (None: not one)."""
+    generic: bool = False
+    """A catch-all layout detector (spandrel's many architectures): a format that also matches the
+    file and is not generic wins (a ResShift VQ autoencoder is not a classic network)."""
+    pairs: bool = False
+    """The converter can pair the file with a faithful network (``ConvertInputs.fidelity``) into a
+    ``blend`` knob."""
+    raw_companion: bool = False
+    """A companion-only format of raw bytes (no structure to detect; its main file names it)."""
 
 
 @dataclass(frozen=True)
