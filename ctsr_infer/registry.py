@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import platform
 import shutil
@@ -12,7 +13,7 @@ from . import settings as settings_module
 from .atomic import atomic_write
 from .conversion import convert_checkpoint
 from .device import native_bf16_cpu
-from .errors import InvalidInputError, UnknownModelError
+from .errors import InvalidInputError, UnknownModelError, WeightsNotFoundError
 from .families import STUDENT_FORMAT, get_family
 from .student_file import save_student
 from .hub import _download_dir, converted_path, file_status, sha256_of
@@ -38,6 +39,11 @@ def import_model(path: Path, *, model_id: str, base: Path | None = None, compani
         InvalidInputError: the id is taken or malformed, or the format needs ``base``/``companion``.
         IncompatibleWeightsError / UnsafeCheckpointError: the file is not a usable checkpoint.
     """
+    if not isinstance(model_id, str) or not re.fullmatch(r"[a-z0-9][a-z0-9._\-]*", model_id) or len(model_id) > 100:
+        raise InvalidInputError(f"`--id` must be lowercase kebab-case (letters, digits, '-', '.', '_'; at most 100), got {model_id!r}.")
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"`{path}` does not exist or is not a file; give the checkpoint to import.")
     manifest = load_manifest()
     if model_id in manifest.models:
         raise InvalidInputError(f"`--id` {model_id!r} is taken; pick another or `ctsr models remove {model_id}` first.")

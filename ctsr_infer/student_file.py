@@ -73,15 +73,19 @@ FieldBounds = tuple[_NumberType | tuple[_NumberType, ...], float, float]
 """A numeric field's allowed type(s) (``bool`` only where named), lowest and highest value."""
 
 
-def check_fields(values: Mapping[str, Any], bounds: Mapping[str, FieldBounds], *, where: str) -> None:
+def check_fields(values: Mapping[str, Any], bounds: Mapping[str, FieldBounds], *, where: str,
+                 lists: bool = True) -> None:
     """Check each present field of ``values`` against ``bounds``: name -> (type(s), low, high), both
-    inclusive (for sequences: each element), and refuse unknown names. ``bool`` is never a number."""
+    inclusive (for sequences: each element, when ``lists``), and refuse unknown names. ``bool`` is
+    never a number."""
     unknown = sorted(set(values) - set(bounds))
     if unknown:
         raise IncompatibleWeightsError(f"{where} has unknown fields {unknown}; known: {sorted(bounds)}.")
     for name, value in values.items():
         kinds, low, high = bounds[name]
         allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+        if isinstance(value, (list, tuple)) and not lists:
+            raise IncompatibleWeightsError(f"{where} `{name}` must be one number, got {value!r}.")
         items = value if isinstance(value, (list, tuple)) else [value]
         if isinstance(value, (list, tuple)) and not 1 <= len(value) <= 16:
             raise IncompatibleWeightsError(f"{where} `{name}` must list 1 to 16 values, got {len(value)}.")
@@ -235,7 +239,7 @@ class StudentMeta:
             if not isinstance(entry, dict) or not {"name", "component", "rank", "alpha"} <= set(entry):
                 raise IncompatibleWeightsError(f"{where} must be an object with name, component, rank and alpha, got {entry!r}.")
             check_fields({k: v for k, v in entry.items() if k in ("rank", "alpha")}, {"rank": (int, 1, 4096), "alpha": ((int, float), 1e-6, 1e6)},
-                         where=where)
+                         where=where, lists=False)
             extra = sorted(set(entry) - {"name", "component", "rank", "alpha", "phase"})
             if extra or not isinstance(entry["name"], str) or not isinstance(entry.get("phase", "sr"), str):
                 raise IncompatibleWeightsError(f"{where}: unexpected fields {extra} or a name/phase that is not a string.")
@@ -247,7 +251,7 @@ class StudentMeta:
         except KnobError as exc:
             raise IncompatibleWeightsError(f"{source}: `ctsr.meta` field `knob`: {exc}") from None
         check_fields({k: data[k] for k in ("scale", "timestep") if k in data},
-                     {"scale": ((int, float), 1, 16), "timestep": (int, 0, 999)}, where=f"{source}: `ctsr.meta`")
+                     {"scale": ((int, float), 1, 16), "timestep": (int, 0, 999)}, where=f"{source}: `ctsr.meta`", lists=False)
         licence = _need(data, "licence", str, "unknown", source)
         return cls(
             family=family,
@@ -317,6 +321,8 @@ class StudentFile:
                 partner = key[:-1] + ("B" if parts[-1] == "A" else "A")
                 if partner not in self.tensors:
                     raise IncompatibleWeightsError(f"{source}: `{key}` has no partner `{partner}`.")
+                if tensor.dim() not in (2, 4):
+                    raise IncompatibleWeightsError(f"{source}: LoRA tensor `{key}` has {tensor.dim()} dimensions; LoRA factors have 2 or 4.")
                 if parts[-1] == "A" and tensor.shape[0] != adapter.rank:
                     raise IncompatibleWeightsError(
                         f"{source}: `{key}` has rank {tensor.shape[0]}, adapter `{adapter.name}` declares rank {adapter.rank}."

@@ -46,6 +46,13 @@ class TMap:
     """sha256 of the values (first 16 hex digits): what the settings record of an output names."""
 
     def __post_init__(self) -> None:
+        values = np.asarray(self.values)
+        if values.ndim != 2 or min(values.shape) < 1 or not np.issubdtype(values.dtype, np.floating):
+            raise InvalidInputError(f"a t map's `values` must be a 2-D float array (H, W), got {values.dtype} {values.shape}; "
+                                    "build one from an array or image with `as_tmap`.")
+        if not np.isfinite(values).all() or values.min() < 0.0 or values.max() > 1.0:
+            raise InvalidInputError("a t map's values must be finite and in [0, 1] (0 = realistic, 1 = faithful).")
+        object.__setattr__(self, "values", values.astype(np.float32, copy=False))
         object.__setattr__(self, "digest", hashlib.sha256(np.ascontiguousarray(self.values, dtype=np.float32).tobytes()
                                                           + repr(self.values.shape).encode()).hexdigest()[:16])
 

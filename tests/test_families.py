@@ -303,3 +303,26 @@ def test_every_emitted_progress_stage_is_documented() -> None:
                 if isinstance(stage, ast.Constant):  # a computed name is typed `Stage`: mypy checks it
                     emitted.add(stage.value)
     assert emitted == set(STAGES)
+
+
+def test_review_findings_end_in_clear_errors(tmp_path: Path) -> None:
+    """Inputs a review found crashing: each is now the library's error, naming what is wrong."""
+    odd = tmp_path / "odd.pth"
+    torch.save({1: torch.zeros(1), "state_dict": {2: torch.zeros(1)}}, odd)
+    with pytest.raises(ctsr_infer.IncompatibleWeightsError):
+        detect_format(read_checkpoint(odd))
+    result = _cli("models", "convert", str(odd), str(tmp_path / "o.safetensors"))
+    assert result.exit_code == 3 and "not a format this version converts" in result.output
+    bad_id = _cli("models", "import", str(odd), "--id", "../Bad")
+    assert bad_id.exit_code == 2 and "kebab-case" in bad_id.output
+    assert not (tmp_path / "ctsr-home" / "Bad.safetensors").exists()
+    missing = _cli("models", "import", str(tmp_path / "absent.pth"), "--id", "absent")
+    assert missing.exit_code in (2, 3) and "does not exist" in missing.output
+    for meta in ({"scale": [2]}, {"timestep": [5]}, {"knob": {"kind": "native", "default_t": 0.5, "steps": 1e400}}):
+        with pytest.raises(ctsr_infer.IncompatibleWeightsError):
+            load_student(_lite_file(tmp_path / "m.safetensors", meta))
+
+
+def test_a_student_file_takes_no_conversion_options(student_path: Path, tmp_path: Path) -> None:
+    result = _cli("models", "convert", str(student_path), str(tmp_path / "s.safetensors"), "--set", "sampler=ddim")
+    assert result.exit_code == 2 and "already a ctsr student file" in result.output

@@ -141,3 +141,15 @@ def test_cli_t_map_writes_what_the_library_gives(lite: ctsr_infer.Upscaler, tmp_
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out.png")), expected)
     both = CliRunner().invoke(app, ["upscale", str(source), "-o", str(tmp_path / "b.png"), "--t", "0.2", "--t-map", str(tmp_path / "mask.png")])
     assert both.exit_code == 2 and "not both" in both.output
+
+
+def test_maps_built_directly_are_checked_too(lite: ctsr_infer.Upscaler) -> None:
+    import torch
+
+    with pytest.raises(ctsr_infer.InvalidInputError, match=r"\[0, 1\]"):
+        TMap(np.full((4, 4), -3.0, np.float32))
+    with pytest.raises(ctsr_infer.InvalidInputError, match="2-D"):
+        TMap(np.zeros((2, 4, 4), np.float32))
+    frames = torch.rand(2, 3, 16, 32)
+    with pytest.raises(ctsr_infer.InvalidInputError, match="aspect ratio"):
+        lite.upscale_tensor(frames, t=np.zeros((10, 10), np.float32))  # the batched path checks it as well

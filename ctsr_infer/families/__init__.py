@@ -101,6 +101,18 @@ def read_checkpoint(path: str | os.PathLike[str], *, raw_ok: bool = False) -> Ch
         raise
 
 
+def _detects(fmt: CheckpointFormat, checkpoint: Checkpoint) -> bool:
+    """A detector that trips on an unusual file (integer keys, odd nesting) does not match it."""
+    from ..errors import MissingDependencyError
+
+    try:
+        return bool(fmt.detect(checkpoint))
+    except MissingDependencyError:
+        return False
+    except Exception:  # noqa: BLE001 - detection reads arbitrary user data; any failure is "not this format"
+        return False
+
+
 def detect_format(checkpoint: Checkpoint) -> str:
     """The format of a file from its contents: ``ctsr-student`` or a family's format name.
 
@@ -111,14 +123,18 @@ def detect_format(checkpoint: Checkpoint) -> str:
 
     if checkpoint.container == "safetensors" and META_KEY in checkpoint.header:
         return STUDENT_FORMAT
-    found = [fmt for fmt in formats().values() if fmt.detect(checkpoint)]
+    found = [fmt for fmt in formats().values() if _detects(fmt, checkpoint)]
     matches = [fmt.name for fmt in found if not fmt.generic] or [fmt.name for fmt in found]
     if len(matches) == 1:
         return matches[0]
     if matches:
         raise IncompatibleWeightsError(f"`{checkpoint.path}` matches several formats ({', '.join(matches)}); pick one with --format.")
     tried = "; ".join(f"{fmt.name}: {fmt.description}" for fmt in formats().values())
-    keys = sorted(checkpoint.state or {})[:5] if checkpoint.state is not None else type(checkpoint.data).__name__
+    import importlib.util
+
+    if importlib.util.find_spec("spandrel") is None:
+        tried += " (classic networks need the `classic` extra: `pip install 'ctsr-infer[classic]'`, which is not installed)"
+    keys = sorted(map(str, checkpoint.state or {}))[:5] if checkpoint.state is not None else type(checkpoint.data).__name__
     raise IncompatibleWeightsError(
         f"`{checkpoint.path}` ({checkpoint.container}) is not a format this version converts (found {keys}). "
         f"Known: {STUDENT_FORMAT}: a ctsr student file; {tried}."

@@ -103,7 +103,8 @@ class ClassicModel:
         """The placement with a dtype the architecture supports (spandrel says which): bf16 or fp16
         it does not support runs in fp32 instead, with a note in the log."""
         wanted = placement.dtype
-        ok = {torch.float32: True, torch.bfloat16: self.descriptor.supports_bfloat16, torch.float16: self.descriptor.supports_half}
+        ends = [self.descriptor] + ([self.fidelity] if self.fidelity is not None else [])
+        ok = {torch.float32: True, torch.bfloat16: all(d.supports_bfloat16 for d in ends), torch.float16: all(d.supports_half for d in ends)}
         if ok.get(wanted, False):
             return placement
         logger.info("%s does not support %s; it runs in float32", self.architecture, wanted)
@@ -165,5 +166,8 @@ class ClassicModel:
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
         """Run in float32 for the duration (the NaN retry), then go back to the loaded dtype."""
-        with run_in_fp32(self, [(self.net, self.placement.dtype)]):
+        networks = [(self.net, self.placement.dtype)]
+        if self.fidelity is not None and not self.interpolate:
+            networks.append((self.fidelity.model, self.placement.dtype))
+        with run_in_fp32(self, networks):
             yield

@@ -150,8 +150,13 @@ def load_rrdbnet_from_ncnn(param_path: Path, bin_path: Path, **arch: int) -> RRD
             raise IncompatibleWeightsError(f"ncnn layer {layer.name} ({layer.out_channels} outputs, {layer.weight_count} weights) does not fit {weight_shape}.")
         if (layer.leaky is None) != (slope is None) or (slope is not None and layer.leaky is not None and abs(layer.leaky - slope) > 1e-6):
             raise IncompatibleWeightsError(f"ncnn layer {layer.name} has activation {layer.leaky}, the architecture expects {slope}.")
+        if offset + 4 > len(blob):
+            raise IncompatibleWeightsError(f"`{bin_path}` ends before layer {layer.name}: the weights file is truncated or another model's.")
         (tag,) = struct.unpack_from("<I", blob, offset)
         offset += 4
+        size = {_TAG_FP16: 2, _TAG_FP32: 4}.get(tag, 0) * layer.weight_count + (4 * layer.out_channels if layer.bias else 0)
+        if offset + size > len(blob):
+            raise IncompatibleWeightsError(f"`{bin_path}` ends inside layer {layer.name}: the weights file is truncated or another model's.")
         if tag == _TAG_FP16:
             weights = np.frombuffer(blob, dtype="<f2", count=layer.weight_count, offset=offset).astype(np.float32)
             offset += 2 * layer.weight_count

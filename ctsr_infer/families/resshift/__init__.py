@@ -16,7 +16,7 @@ from ...errors import IncompatibleWeightsError
 from ...knob import Knob
 from ...student_file import FieldBounds, StudentFile, StudentMeta, check_fields
 from ..family import CheckpointFormat, CpuFastPath, Family, LoadContext, TilingPolicy
-from .convert import convert_inputs, convert_resshift, is_ldm_vq, is_resshift_unet
+from .convert import SCHEDULE_BOUNDS, UNET_BOUNDS, VQ_BOUNDS, convert_inputs, convert_resshift, is_ldm_vq, is_resshift_unet
 from .model import FAMILY_NAME, ResShiftModel, student_config
 from .shift_diffusion import ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig
@@ -24,28 +24,12 @@ from .vq_autoencoder import VQConfig, build_vq, diffusers_to_ldm
 
 __all__ = ["FAMILY", "ResShiftModel", "convert_resshift"]
 
-_UNET_BOUNDS: dict[str, FieldBounds] = {
-    "image_size": (int, 1, 1024), "in_channels": (int, 1, 64), "model_channels": (int, 1, 1024), "out_channels": (int, 1, 64),
-    "attention_resolutions": (int, 1, 1024), "channel_mult": (int, 1, 16), "num_res_blocks": (int, 1, 16),
-    "num_head_channels": (int, 1, 1024), "swin_depth": (int, 1, 16), "swin_embed_dim": (int, 1, 4096), "window_size": (int, 1, 64),
-    "mlp_ratio": ((int, float), 0.25, 16), "lq_channels": (int, 0, 64),
-}
-_VQ_BOUNDS: dict[str, FieldBounds] = {
-    "ch": (int, 1, 1024), "ch_mult": (int, 1, 16), "num_res_blocks": (int, 1, 16), "z_channels": (int, 1, 64),
-    "embed_dim": (int, 1, 64), "n_embed": (int, 1, 1 << 17), "in_channels": (int, 1, 64), "out_ch": (int, 1, 64),
-}
-_SCHEDULE_BOUNDS: dict[str, FieldBounds] = {
-    "steps": (int, 1, 1000), "kappa": ((int, float), 1e-6, 100), "etas_end": ((int, float), 1e-6, 1), "min_noise_level": ((int, float), 1e-6, 1),
-    "power": ((int, float), 1e-6, 100), "normalize_input": (bool, 0, 1), "scale_factor": ((int, float), 1e-6, 100),
-}
-
-
 def _check_config(config: Mapping[str, Any]) -> None:
     """Bounds of a resshift student's ``config``: the network, autoencoder and schedule settings."""
     unknown = sorted(set(config) - {"unet", "vq", "schedule", "sampler"})
     if unknown:
         raise IncompatibleWeightsError(f"resshift student `config` has unknown fields {unknown}; known: sampler, schedule, unet, vq.")
-    for name, bounds in (("unet", _UNET_BOUNDS), ("vq", _VQ_BOUNDS), ("schedule", _SCHEDULE_BOUNDS)):
+    for name, bounds in (("unet", UNET_BOUNDS), ("vq", VQ_BOUNDS), ("schedule", SCHEDULE_BOUNDS)):
         part = config.get(name)
         if not isinstance(part, Mapping):
             raise IncompatibleWeightsError(f"resshift student `config` lacks `{name}` (an object); it has {sorted(config)}.")

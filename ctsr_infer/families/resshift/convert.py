@@ -19,7 +19,7 @@ import torch
 from ...errors import IncompatibleWeightsError
 from ...knob import Knob
 from ...safe_pickle import read_pickled_checkpoint
-from ...student_file import StudentFile, StudentMeta
+from ...student_file import FieldBounds, StudentFile, StudentMeta, check_fields
 from ..family import Checkpoint, ConvertInputs
 from .model import FAMILY_NAME, student_config
 from .shift_diffusion import Sampler, ShiftSchedule
@@ -29,6 +29,32 @@ from .vq_autoencoder import VQConfig, build_vq, load_ldm_state
 __all__ = ["convert_resshift", "is_resshift_unet", "is_ldm_vq", "convert_inputs"]
 
 SAMPLERS = ("onestep", "posterior", "ddim")
+
+UNET_BOUNDS: dict[str, FieldBounds] = {
+    "image_size": (int, 1, 1024), "in_channels": (int, 1, 64), "model_channels": (int, 1, 1024), "out_channels": (int, 1, 64),
+    "attention_resolutions": (int, 1, 1024), "channel_mult": (int, 1, 16), "num_res_blocks": (int, 1, 16),
+    "num_head_channels": (int, 1, 1024), "swin_depth": (int, 1, 16), "swin_embed_dim": (int, 1, 4096), "window_size": (int, 1, 64),
+    "mlp_ratio": ((int, float), 0.25, 16), "lq_channels": (int, 0, 64),
+}
+VQ_BOUNDS: dict[str, FieldBounds] = {
+    "ch": (int, 1, 1024), "ch_mult": (int, 1, 16), "num_res_blocks": (int, 1, 16), "z_channels": (int, 1, 64),
+    "embed_dim": (int, 1, 64), "n_embed": (int, 1, 1 << 17), "in_channels": (int, 1, 64), "out_ch": (int, 1, 64),
+}
+SCHEDULE_BOUNDS: dict[str, FieldBounds] = {
+    "steps": (int, 1, 1000), "kappa": ((int, float), 1e-6, 100), "etas_end": ((int, float), 1e-6, 1), "min_noise_level": ((int, float), 1e-6, 1),
+    "power": ((int, float), 1e-6, 100), "normalize_input": (bool, 0, 1), "scale_factor": ((int, float), 1e-6, 100),
+}
+
+
+def check_settings(settings: Mapping[str, Any], *, where: str) -> None:
+    """Types and bounds of converter settings (``unet``, ``vq``, ``schedule`` objects; ``sampler``)."""
+    for name, bounds in (("unet", UNET_BOUNDS), ("vq", VQ_BOUNDS), ("schedule", SCHEDULE_BOUNDS)):
+        part = settings.get(name)
+        if part is None:
+            continue
+        if not isinstance(part, Mapping):
+            raise IncompatibleWeightsError(f"{where} `{name}` must be an object of settings, got {part!r}.")
+        check_fields(part, bounds, where=f"{where} `{name}`")
 
 
 def is_resshift_unet(checkpoint: Checkpoint) -> bool:
@@ -51,6 +77,7 @@ def _from_data(unet_data: Any, vq_data: Any, *, unet_source: str, vq_source: str
                provenance: Mapping[str, Any]) -> StudentFile:
     if sampler not in SAMPLERS:
         raise IncompatibleWeightsError(f"`sampler` must be one of {list(SAMPLERS)}, got {sampler!r}.")
+    check_settings({"unet": unet, "vq": vq, "schedule": schedule}, where="ResShift conversion setting")
     unet_config = SwinUNetConfig.from_config(unet or {})
     vq_config = VQConfig.from_config(vq or {})
     shift = ShiftSchedule.from_config(schedule or {})
@@ -107,6 +134,7 @@ def convert_inputs(inputs: ConvertInputs) -> StudentFile:
     unknown = sorted(set(settings) - {"sampler", "schedule", "unet", "vq"})
     if unknown:
         raise IncompatibleWeightsError(f"unknown ResShift conversion setting(s) {unknown}; known: sampler, schedule, unet, vq.")
+    check_settings(settings, where="ResShift conversion setting")
     source, companion = inputs.source, inputs.companion
     return _from_data(source.data, companion.data, unet_source=f"ResShift-family checkpoint `{source.path}`",
                       vq_source=f"VQ autoencoder `{companion.path}`", schedule=settings.get("schedule"),

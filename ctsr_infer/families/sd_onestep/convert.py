@@ -67,7 +67,7 @@ def _convert_peft_state(
 def _check_layout(data: Any, source: str) -> None:
     required = ("rank_unet", "rank_vae", "state_dict_unet", "state_dict_vae")
     if not isinstance(data, Mapping) or any(k not in data for k in required):
-        found = sorted(cast(Mapping[str, Any], data))[:8] if isinstance(data, Mapping) else type(data).__name__
+        found = sorted(map(str, cast(Mapping[str, Any], data)))[:8] if isinstance(data, Mapping) else type(data).__name__
         raise IncompatibleWeightsError(f"{source}: expected a dict with keys {list(required)}, found {found}.")
 
 

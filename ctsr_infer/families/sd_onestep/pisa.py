@@ -51,7 +51,7 @@ def is_pisa(checkpoint: Checkpoint) -> bool:
 
 def _check_layout(data: Any, source: str) -> dict[str, int]:
     if not isinstance(data, Mapping) or any(k not in data for k in _REQUIRED):
-        found = sorted(cast(Mapping[str, Any], data))[:8] if isinstance(data, Mapping) else type(data).__name__
+        found = sorted(map(str, cast(Mapping[str, Any], data)))[:8] if isinstance(data, Mapping) else type(data).__name__
         raise IncompatibleWeightsError(f"{source}: expected a dict with keys {list(_REQUIRED)}, found {found}.")
     ranks = {}
     for branch in BRANCHES:
