@@ -33,7 +33,7 @@ from PIL import Image
 import ctsr_infer
 from ctsr_infer.metrics import psnr, ssim
 from ctsr_infer.sheet import contact_sheet
-from ctsr_infer.train.degradations import bicubic_degrade, degrade, mild_degrade
+from ctsr_infer.degradations import bicubic_degrade, degrade, mild_degrade
 from ctsr_infer.train.lite import shrink_photo
 from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION
 from ctsr_infer.train.teachers import load_rrdbnet_from_ncnn, realesrgan_files

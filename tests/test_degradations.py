@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctsr_infer.train.degradations import DegradationConfig, bicubic_degrade, degrade, random_kernel, sinc_kernel
+from ctsr_infer.degradations import DegradationConfig, bicubic_degrade, degrade, random_kernel, sinc_kernel
 
 
 def test_kernels_are_normalised_and_21x21() -> None:

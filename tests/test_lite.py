@@ -123,7 +123,7 @@ def test_high_pass_removes_flat_colour_and_keeps_fine_detail() -> None:
 
 
 def test_online_pairs_are_aligned_8bit_and_seeded(tmp_path: Path) -> None:
-    from ctsr_infer.train.degradations import bicubic_degrade
+    from ctsr_infer.degradations import bicubic_degrade
     from ctsr_infer.train.lite import OnlinePairs
 
     photos = _photos(tmp_path / "photos")

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import ctsr_infer
-from ctsr_infer.train.degradations import MildConfig, mild_degrade
+from ctsr_infer.degradations import MildConfig, mild_degrade
 from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION, LiteGanConfig, PairStream, Variant, train_lite_gan, training_files
 from ctsr_infer.train.teachers import RRDBNet
 

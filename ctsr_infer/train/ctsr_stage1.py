@@ -220,10 +220,10 @@ class Stage1Trainer(Recipe):
 
 def paired_batches(files: list[Path], *, crop: int, seed: int, long_side: int = 2048) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless seeded (LR, HR) pairs: random HR crops of ``crop`` px from the photos, LR by
-    Real-ESRGAN's second-order degradation (:mod:`.degradations`, x4)."""
+    Real-ESRGAN's second-order degradation (:mod:`ctsr_infer.degradations`, x4)."""
     import numpy as np
 
-    from .degradations import degrade
+    from ..degradations import degrade
     from .lite import load_hr
 
     if crop % 4:

@@ -59,7 +59,7 @@ from ..device import native_bf16_cpu
 from ..plan import find_images
 from ..families.lite import LiteNet
 from ..knob import Knob
-from .degradations import DegradationConfig, bicubic_degrade, degrade
+from ..degradations import DegradationConfig, bicubic_degrade, degrade
 from .teachers import load_rrdbnet_from_ncnn, realesrgan_files
 
 __all__ = ["LiteConfig", "HOLDOUT", "OnlinePairs", "split_photos", "shrink_photo", "load_hr", "prepare_pairs", "train_lite", "high_pass"]

@@ -49,7 +49,7 @@ from ..families.lite import LiteNet
 from ..knob import Knob
 from ..plan import find_images
 from ..student_file import StudentFile, StudentMeta, save_student
-from .degradations import DegradationConfig, MildConfig, bicubic_degrade, degrade, mild_degrade
+from ..degradations import DegradationConfig, MildConfig, bicubic_degrade, degrade, mild_degrade
 from .lite import shrink_photo
 from .teachers import RRDBNet, load_rrdbnet_from_ncnn, realesrgan_files
 

@@ -1,4 +1,6 @@
-"""Real-ESRGAN's second-order degradation (Wang et al., ICCV-W 2021, Sec. 3), in torch, seeded.
+"""Degradations, seeded: the clean bicubic downscale, a "mild" family, and Real-ESRGAN's
+second-order degradation (Wang et al., ICCV-W 2021, Sec. 3), in torch. Used by the training recipes
+and by ``ctsr eval`` (which degrades ground truth on the fly).
 
 Two rounds of blur -> random resize -> noise -> JPEG, then a final resize to the LR size with an
 optional sinc filter, the JPEG and the resize+sinc in random order. Kernels: isotropic and
