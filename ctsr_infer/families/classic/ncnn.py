@@ -26,7 +26,8 @@ from torch import nn
 
 from ...errors import IncompatibleWeightsError
 
-__all__ = ["RRDBNet", "NcnnConv", "read_ncnn_convs", "load_rrdbnet_from_ncnn", "write_ncnn_rrdbnet", "public_state", "NCNN_MAGIC"]
+__all__ = ["RRDBNet", "NcnnConv", "read_ncnn_convs", "read_ncnn_layers", "load_rrdbnet_from_ncnn", "write_ncnn_rrdbnet", "public_state",
+           "is_compact", "compact_public_state", "NCNN_MAGIC"]
 
 NCNN_MAGIC = "7767517"
 
@@ -210,3 +211,64 @@ def public_state(model: RRDBNet) -> dict[str, torch.Tensor]:
         else:
             raise IncompatibleWeightsError(f"RRDBNet parameter `{key}` has no Real-ESRGAN name.")
     return out
+
+
+def read_ncnn_layers(param_path: Path) -> list[tuple[str, str, dict[int, str]]]:
+    """(type, name, params) of every layer of an ncnn ``.param`` file, in file order."""
+    lines = param_path.read_text().split("\n")
+    if not lines or lines[0].strip() != NCNN_MAGIC:
+        raise IncompatibleWeightsError(f"`{param_path}` is not an ncnn param file (magic {NCNN_MAGIC} missing).")
+    layers = []
+    for line in lines[2:]:
+        parts = line.split()
+        if len(parts) < 4:
+            continue
+        inputs, outputs = int(parts[2]), int(parts[3])
+        layers.append((parts[0], parts[1], _parse_params(parts[4 + inputs + outputs:])))
+    return layers
+
+
+def is_compact(layers: list[tuple[str, str, dict[int, str]]]) -> bool:
+    """Real-ESRGAN's SRVGGNetCompact export (realesr-animevideov3): convolutions each followed by a
+    PReLU, a last convolution, a pixel shuffle and the upsampled input added."""
+    kinds = [kind for kind, _, _ in layers]
+    return "PReLU" in kinds and "PixelShuffle" in kinds and kinds.count("Convolution") == kinds.count("PReLU") + 1
+
+
+def compact_public_state(param_path: Path, bin_path: Path) -> dict[str, torch.Tensor]:
+    """An SRVGGNetCompact ncnn model as Real-ESRGAN's published ``body.N`` state dict (convolutions
+    at even indices, PReLU slopes between them), every size read from the ``.param``."""
+    layers = [(kind, name, params) for kind, name, params in read_ncnn_layers(param_path) if kind in ("Convolution", "PReLU")]
+    blob = bin_path.read_bytes()
+    offset, state, index, channels = 0, {}, 0, 3
+
+    def take(count: int, dtype: str) -> np.ndarray:
+        nonlocal offset
+        width = np.dtype(dtype).itemsize
+        if offset + count * width > len(blob):
+            raise IncompatibleWeightsError(f"`{bin_path}` ends early: the weights file is truncated or another model's.")
+        values = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).astype(np.float32)
+        offset += count * width
+        return values
+
+    for kind, name, params in layers:
+        if kind == "Convolution":
+            out, kernel, count = int(params[0]), int(params.get(1, "1")), int(params[6])
+            if count != out * channels * kernel * kernel:
+                raise IncompatibleWeightsError(f"ncnn layer {name}: {count} weights do not make a {out}x{channels}x{kernel}x{kernel} convolution.")
+            (tag,) = struct.unpack_from("<I", blob, offset) if offset + 4 <= len(blob) else (None,)
+            offset += 4
+            if tag not in (_TAG_FP16, _TAG_FP32):
+                raise IncompatibleWeightsError(f"ncnn layer {name}: unsupported or missing weight storage tag.")
+            weights = take(count, "<f2" if tag == _TAG_FP16 else "<f4")
+            state[f"body.{index}.weight"] = torch.from_numpy(weights.reshape(out, channels, kernel, kernel).copy())
+            if params.get(5, "0") == "1":
+                state[f"body.{index}.bias"] = torch.from_numpy(take(out, "<f4").copy())
+            channels, index = out, index + 1
+        else:
+            slopes = int(params.get(0, "1"))
+            state[f"body.{index}.weight"] = torch.from_numpy(take(slopes, "<f4").copy())
+            index += 1
+    if offset != len(blob):
+        raise IncompatibleWeightsError(f"`{bin_path}` has {len(blob) - offset} bytes left after the last layer; the model does not match.")
+    return state
