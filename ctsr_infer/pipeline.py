@@ -296,12 +296,14 @@ def load(
     """Load a student by manifest id or student-file path.
 
     Args:
-        model: a model id from ``list_models()`` (default: the manifest's default), or the path of a
-            student file (``.safetensors``).
+        model: a model id from ``list_models()`` (default: the manifest's default), the path of a
+            student file (``.safetensors``), or of a checkpoint that converts from the file alone (a
+            classic network's ``.pth``/``.safetensors``: converted in memory). Checkpoints that need a
+            base model or a companion file are converted once with ``ctsr models convert``.
         base: a local diffusers folder for the base model, overriding the file's/manifest's reference.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         dtype: ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto``: bf16 with an fp32 VAE on CUDA; on a
-            CPU with native bf16 the family's measured fast path (``device.CPU_AUTO``), else fp32.
+            CPU with native bf16 the family's measured fast path (``Family.cpu_fast_path``), else fp32.
         channels_last: run convolutions in channels-last memory format; None: as ``auto`` picks.
         compile: ``torch.compile`` the denoising network (opt-in: the first image pays the
             compilation, tens of seconds; needs a C++ compiler on the CPU).

@@ -59,7 +59,7 @@ FAMILY = Family(
     formats=(
         CheckpointFormat(name="classic", description="a classic SR network's state dict (.pth/.safetensors; spandrel detects it)",
                          detect=is_classic, convert=convert_inputs, pairs=True, generic=True),
-        CheckpointFormat(name="ncnn-realesrgan", description="Real-ESRGAN's RRDBNet as an ncnn .param (with its .bin)",
+        CheckpointFormat(name="ncnn-realesrgan", description="Real-ESRGAN's RRDBNet or SRVGGNetCompact as an ncnn .param (with its .bin)",
                          detect=is_ncnn_rrdbnet, convert=convert_ncnn_inputs, companion="ncnn-bin", companion_option="--vq",
                          reader=read_ncnn_param),
         CheckpointFormat(name="ncnn-bin", description="the weights (.bin) of an ncnn model", detect=lambda c: c.container == "raw",
