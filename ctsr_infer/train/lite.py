@@ -57,6 +57,7 @@ from ..atomic import atomic_write
 from ..student_file import StudentFile, StudentMeta, load_student, save_student
 from ..device import native_bf16_cpu
 from ..plan import find_images
+from ..families.lite import FAMILY as LITE
 from ..families.lite import LiteNet
 from ..knob import Knob
 from ..degradations import DegradationConfig, bicubic_degrade, degrade
@@ -402,7 +403,7 @@ def train_lite(cfg: LiteConfig, *, teacher: Callable[[torch.Tensor], torch.Tenso
 def export_lite(net: LiteNet, cfg: LiteConfig, *, name: str = "ctsr-lite", default_t: float | None = None) -> Path:
     """Write ``cfg.work / f"{name}.safetensors"`` (fp16 tensors) with its metadata and provenance."""
     meta = StudentMeta(
-        family="lite",
+        family=LITE.name,
         knob=Knob(kind="native", default_t=cfg.default_t if default_t is None else default_t),
         scale=4.0,
         color_fix="none",

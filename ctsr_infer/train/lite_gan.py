@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..device import to_channels_last
+from ..families.lite import FAMILY as LITE
 from ..families.lite import LiteNet
 from ..knob import Knob
 from ..plan import find_images
@@ -233,7 +234,7 @@ def export_student(net: LiteNet, cfg: LiteGanConfig, path: Path, *, variant: Var
     """Write ``path`` (fp16 tensors) with the recipe's metadata and provenance."""
     config = json.loads(json.dumps(asdict(cfg), default=str))
     meta = StudentMeta(
-        family="lite",
+        family=LITE.name,
         knob=Knob(kind="native", default_t=cfg.default_t),
         scale=4.0,
         color_fix="none",

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..student_file import StudentFile, load_student, save_student
 from ..device import resolve
 from ..errors import InvalidInputError
+from ..families.resshift.model import FAMILY_NAME as RESSHIFT_FAMILY
 from ..families.resshift.model import ResShiftModel
 from .gan import EMA
 from .engine import Engine
@@ -36,8 +37,8 @@ class ResShiftStudentMixin(Recipe):
 
     def _load_teacher(self, teacher: str | os.PathLike[str]) -> None:
         self.teacher_file = load_student(teacher)
-        if self.teacher_file.meta.family != "resshift-onestep":
-            raise InvalidInputError(f"the teacher `{teacher}` must be a resshift-onestep file, not {self.teacher_file.meta.family!r}.")
+        if self.teacher_file.meta.family != RESSHIFT_FAMILY:
+            raise InvalidInputError(f"the teacher `{teacher}` must be a {RESSHIFT_FAMILY} file, not {self.teacher_file.meta.family!r}.")
         self.engine = Engine.from_config(self.config)
         self.device = self.engine.device
         self.teacher = ResShiftModel(self.teacher_file, resolve(str(self.device), "fp32"))

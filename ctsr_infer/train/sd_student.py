@@ -21,6 +21,7 @@ from torch import nn
 from ..student_file import Adapter, StudentFile, load_student, save_student
 from ..errors import IncompatibleWeightsError
 from ..families.sd_onestep.base_model import VAE_SCALING, load_base, predict_x0
+from ..families.sd_onestep.model import FAMILY_NAME as SD_FAMILY
 
 if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
     from diffusers.models import AutoencoderKL
@@ -44,8 +45,8 @@ class TrainableStudent(nn.Module):
         from peft import LoraConfig
 
         super().__init__()
-        if student.meta.family != "sd-onestep":
-            raise IncompatibleWeightsError(f"a trainable SD student must be of family sd-onestep, not {student.meta.family!r}.")
+        if student.meta.family != SD_FAMILY:
+            raise IncompatibleWeightsError(f"a trainable SD student must be of family {SD_FAMILY}, not {student.meta.family!r}.")
         self.student = student
         if student.prompt_embeds is None:
             raise IncompatibleWeightsError("the student file has no `prompt_embeds` tensor; sd-onestep students carry one.")
