@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -148,15 +148,24 @@ def is_osediff(checkpoint: Checkpoint) -> bool:
     return isinstance(data, Mapping) and {"rank_unet", "rank_vae", "state_dict_unet", "state_dict_vae"} <= set(data)
 
 
-def convert_inputs(inputs: ConvertInputs) -> StudentFile:
-    """The ``osediff-pkl`` converter of the registry: the prompt embedding comes from the base model."""
+def convert_with_base(inputs: ConvertInputs, *, what: str, check_layout: Callable[[Any, str], object],
+                      from_data: Callable[..., StudentFile], licence: str) -> StudentFile:
+    """A converter of the registry for an SD-based checkpoint (OSEDiff, PiSA-SR): the base model is
+    required (its text encoder computes the prompt embedding), which runs only after the file's
+    layout is checked; ``licence`` applies unless the caller names one."""
+    source = f"{what} checkpoint `{inputs.source.path}`"
     if inputs.base_dir is None:
-        raise IncompatibleWeightsError(f"converting the OSEDiff checkpoint `{inputs.source.path}` needs the SD 2.1-base model "
-                                       "(for its prompt embedding): give a local diffusers folder with --base DIR (Python: `base=`).")
+        raise IncompatibleWeightsError(f"converting the {source} needs the SD 2.1-base model (for its prompt embedding): "
+                                       "give a local diffusers folder with --base DIR (Python: `base=`).")
     if inputs.settings:
-        raise IncompatibleWeightsError(f"OSEDiff conversion has no settings; got {sorted(inputs.settings)}.")
-    _check_layout(inputs.source.data, f"OSEDiff checkpoint `{inputs.source.path}`")  # before the text encoder runs
-    base_ref = dict(inputs.base_ref) or {"path": str(Path(inputs.base_dir).resolve())}
-    return _from_data(inputs.source.data, source=f"OSEDiff checkpoint `{inputs.source.path}`", source_name=str(inputs.source.path),
-                      prompt_embeds=encode_prompt(inputs.base_dir, inputs.prompt), base=base_ref, prompt=inputs.prompt,
-                      licence=inputs.licence if inputs.licence != "unknown" else LICENCE, provenance=inputs.provenance)
+        raise IncompatibleWeightsError(f"{what} conversion has no settings; got {sorted(inputs.settings)}.")
+    check_layout(inputs.source.data, source)
+    return from_data(inputs.source.data, source=source, source_name=str(inputs.source.path),
+                     prompt_embeds=encode_prompt(inputs.base_dir, inputs.prompt),
+                     base=dict(inputs.base_ref) or {"path": str(Path(inputs.base_dir).resolve())}, prompt=inputs.prompt,
+                     licence=inputs.licence if inputs.licence != "unknown" else licence, provenance=inputs.provenance)
+
+
+def convert_inputs(inputs: ConvertInputs) -> StudentFile:
+    """The ``osediff-pkl`` converter of the registry."""
+    return convert_with_base(inputs, what="OSEDiff", check_layout=_check_layout, from_data=_from_data, licence=LICENCE)

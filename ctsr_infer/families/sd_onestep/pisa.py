@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -28,7 +27,7 @@ from ...knob import Knob
 from ...safe_pickle import read_pickled_checkpoint
 from ...student_file import Adapter, StudentFile, StudentMeta
 from ..family import Checkpoint, ConvertInputs
-from .base_model import encode_prompt
+from .convert import convert_with_base
 from .model import FAMILY_NAME
 
 __all__ = ["GROUPS", "PISA_LORA_ALPHA", "convert_inputs", "convert_pisa", "is_pisa"]
@@ -121,15 +120,5 @@ def convert_pisa(path: str | os.PathLike[str], *, prompt_embeds: torch.Tensor, b
 
 
 def convert_inputs(inputs: ConvertInputs) -> StudentFile:
-    """The ``pisa-sr-pkl`` converter of the registry: the prompt embedding comes from the base model."""
-    if inputs.base_dir is None:
-        raise IncompatibleWeightsError(f"converting the PiSA-SR checkpoint `{inputs.source.path}` needs the SD 2.1-base model "
-                                       "(for its prompt embedding): give a local diffusers folder with --base DIR (Python: `base=`).")
-    if inputs.settings:
-        raise IncompatibleWeightsError(f"PiSA-SR conversion has no settings; got {sorted(inputs.settings)}.")
-    source = f"PiSA-SR checkpoint `{inputs.source.path}`"
-    _check_layout(inputs.source.data, source)  # before the text encoder runs
-    return _from_data(inputs.source.data, source=source, source_name=str(inputs.source.path),
-                      prompt_embeds=encode_prompt(inputs.base_dir, inputs.prompt),
-                      base=dict(inputs.base_ref) or {"path": str(Path(inputs.base_dir).resolve())}, prompt=inputs.prompt,
-                      licence=inputs.licence if inputs.licence != "unknown" else LICENCE, provenance=inputs.provenance)
+    """The ``pisa-sr-pkl`` converter of the registry."""
+    return convert_with_base(inputs, what="PiSA-SR", check_layout=_check_layout, from_data=_from_data, licence=LICENCE)
