@@ -3,15 +3,18 @@ input to the network's multiple, resizing the result to the target size, and the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..colorfix import color_fix
 from ..image import resize_bicubic
+from ..tmap import TMap, TValue
 from .base import RunOptions
 
-__all__ = ["pad_to_multiple", "bicubic", "to_size"]
+__all__ = ["pad_to_multiple", "bicubic", "to_size", "per_t"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -52,3 +55,21 @@ def to_size(out: torch.Tensor, lr: torch.Tensor, size: tuple[int, int], options:
             frame = color_fix(frame, reference, options.color_fix, inplace=True)
         frames.append(frame)
     return frames[0] if len(frames) == 1 else torch.cat(frames)
+
+
+def per_t(values: Sequence[TValue], at: Callable[[float], torch.Tensor], size: tuple[int, int]) -> list[torch.Tensor]:
+    """One output per t for knobs whose t acts on the whole image (``native``, ``blend``): a number is
+    ``at(t)``; a t map is an output-space blend, the outputs at the map's lowest and highest t mixed
+    per pixel by the map resized to ``size`` (exact where the map takes either value)."""
+    outputs = []
+    for t in values:
+        if not isinstance(t, TMap):
+            outputs.append(at(t))
+            continue
+        low, high = at(t.low), at(t.high)
+        if t.high == t.low:
+            outputs.append(low)
+            continue
+        weight = (t.resized(*size) - t.low) / (t.high - t.low)
+        outputs.append(low + weight * (high - low))
+    return outputs

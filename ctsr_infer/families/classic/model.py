@@ -33,9 +33,9 @@ from ...progress import ProgressCallback, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import tiled_apply
-from ...tmap import TMap, TValue
+from ...tmap import TValue
 from ..base import RunOptions, run_in_fp32
-from ..framing import to_size
+from ..framing import per_t, to_size
 from .architectures import descriptor_from_state
 
 __all__ = ["ClassicModel", "MAX_CONTEXT"]
@@ -146,15 +146,7 @@ class ClassicModel:
                     done[t] = torch.lerp(pair[0], pair[1], t)
             return done[t]
 
-        outputs = []
-        for t in values:
-            if not isinstance(t, TMap):
-                outputs.append(at(t))
-                continue
-            low, high = at(t.low), at(t.high)
-            weight = (t.resized(*size) - t.low) / max(t.high - t.low, 1e-12)
-            outputs.append(low + weight * (high - low))
-        return outputs
+        return per_t(values, at, size)
 
     def _output(self, lr: torch.Tensor, size: tuple[int, int], options: RunOptions, on_progress: ProgressCallback | None,
                 descriptor: Any = None) -> torch.Tensor:

@@ -19,9 +19,9 @@ from ...progress import ProgressCallback, emit
 from ...receptive import context_for, receptive_radius
 from ...student_file import StudentFile
 from ...tiling import tiled_apply
-from ...tmap import TMap, TValue
+from ...tmap import TValue
 from ..base import RunOptions, run_in_fp32
-from ..framing import to_size
+from ..framing import per_t, to_size
 from ..state import fit_state
 from .network import LiteNet, config_from_state
 
@@ -103,18 +103,7 @@ class LiteStudent:
                 done[t] = to_size(out, lr, size, options, references)
             return done[t]
 
-        outputs: list[torch.Tensor] = []
-        for t in values:
-            if not isinstance(t, TMap):
-                outputs.append(at(t))
-                continue
-            low, high = at(t.low), at(t.high)
-            if t.high == t.low:
-                outputs.append(low)
-                continue
-            weight = (t.resized(*size) - t.low) / (t.high - t.low)
-            outputs.append(low + weight * (high - low))
-        return outputs
+        return per_t(values, at, size)
 
     @contextmanager
     def in_fp32(self) -> Iterator[None]:
