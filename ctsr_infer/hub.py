@@ -324,7 +324,8 @@ def _convert(spec: ModelSpec, raw: Path, target: Path, base_dir: Path | None, *,
     from .families import ConvertInputs, get_format, read_checkpoint
     from .student_file import save_student
 
-    source_sha = verify_file(spec, raw)
+    # fetch_file has just checked the file against this hash (or recorded it on first use)
+    source_sha = spec.file.sha256 or recorded_hash(spec.id, spec.file.filename) or verify_file(spec, raw)
     fmt = get_format(spec.file.format)
     if fmt.convert is None:
         raise IncompatibleWeightsError(f"model `{spec.id}`: a {fmt.name} file ({fmt.description}) is not a model on its own.")
