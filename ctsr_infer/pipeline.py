@@ -158,11 +158,8 @@ class Upscaler:
         _check_pixels(size, run)
         progress = options.get("on_progress")
         frames = x.detach().float().cpu()
-        for value in ts or ():
-            if isinstance(value, TMap):
-                value.check_aspect(frames.shape[-2], frames.shape[-1])
-        if self.batchable(frames.shape[-2], frames.shape[-1]) and self._shared_ts(ts, run):
-            return self._forward_with_retry(frames, size, ts, run, progress)
+        if self.batchable(frames.shape[-2], frames.shape[-1]) and run.protect_faces is None:  # no faces to find per frame
+            return self._forward_with_retry(frames, size, self._image_ts(frames[0].permute(1, 2, 0).numpy(), ts, run), run, progress)
         outputs = [self._forward_with_retry(frame[None], size, self._image_ts(frame.permute(1, 2, 0).numpy(), ts, run), run, progress)
                    for frame in frames]
         return [torch.cat(per_t) for per_t in zip(*outputs)]
@@ -192,7 +189,7 @@ class Upscaler:
             )
         ts, run = self.check_options(t, **options)
         progress = options.get("on_progress")
-        if items and self.batchable(*items[0].size) and self._shared_ts(ts, run):
+        if items and self.batchable(*items[0].size) and run.protect_faces is None:  # the images share their t values
             return self._run_group(list(items), ts, run, progress)
         return [self._run_group([data], ts, run, progress)[0] for data in items]
 
@@ -219,11 +216,6 @@ class Upscaler:
         return check_options(t, options, family=self.family, meta=self.meta, name=self.name)
 
     # -- internals -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _shared_ts(ts: list[TValue] | None, run: RunOptions) -> bool:
-        """Whether every image of a batch can share the t values (no faces to find in each)."""
-        return run.protect_faces is None
 
     def _image_ts(self, pixels: np.ndarray, ts: list[TValue] | None, run: RunOptions) -> list[TValue] | None:
         """The t values for one image: its maps checked against its shape, its faces pinned."""
