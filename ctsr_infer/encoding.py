@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin, TiffImagePlugin
 
 from .atomic import atomic_write
 from .errors import InvalidInputError
@@ -188,7 +188,7 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
     path = Path(path)
     try:
         with Image.open(path) as image:
-            if image.format == "PNG":
+            if isinstance(image, PngImagePlugin.PngImageFile):
                 return image.text.get(STAMP_KEY)
             if image.format == "GIF":
                 raw = image.info.get("comment")
@@ -198,7 +198,7 @@ def read_comment(path: str | os.PathLike[str]) -> str | None:
                 if isinstance(raw, bytes):
                     return raw[8:].decode("ascii", "replace") if raw.startswith(b"ASCII\x00\x00\x00") else raw.decode("ascii", "replace")
                 return raw if isinstance(raw, str) else None
-            if image.format == "TIFF":
+            if isinstance(image, TiffImagePlugin.TiffImageFile):
                 value = image.tag_v2.get(_IMAGE_DESCRIPTION)
                 return str(value) if value is not None else None
     except Exception:  # noqa: BLE001 - Pillow cannot open it (e.g. a 16-bit RGB TIFF): try tifffile

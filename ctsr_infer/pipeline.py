@@ -31,6 +31,7 @@ from .families import STUDENT_FORMAT, Family, FamilyModel, LoadContext, get_fami
 from .families.base import RunOptions
 from .image import ImageData, fill_transparent, read_image, resize_lanczos, to_numpy, to_pil
 from .knob import Knob
+from .prepared import PreparedImage
 from .options import UpscaleOptions, check_options
 from .progress import ProgressCallback, emit
 from .student_file import StudentFile
@@ -141,6 +142,17 @@ class Upscaler:
         data = read_image(image)
         outs = self.process(data, t=list(ts), **options)
         return [to_numpy(o) if data.source == "numpy" else to_pil(o) for o in outs]
+
+    def prepare(self, image: Image.Image | np.ndarray | str | os.PathLike[str], **options: Unpack[UpscaleOptions]) -> PreparedImage:
+        """Make one image ready for many t values (a slider): the work every t shares runs now, what
+        the knob needs is kept (:mod:`ctsr_infer.prepared` says what, per knob), and
+        ``prepared.render(t)`` equals ``upscale(image, t=t, **options)``.
+
+        Example:
+            >>> ready = up.prepare("photo.jpg", scale=4)          # doctest: +SKIP
+            >>> frames = [ready.render(t) for t in (0.0, 0.5, 1.0)]  # doctest: +SKIP
+        """
+        return PreparedImage(self, read_image(image), options)
 
     def upscale_tensor(self, x: torch.Tensor, *, t: TArgument = None,
                        **options: Unpack[UpscaleOptions]) -> list[torch.Tensor]:

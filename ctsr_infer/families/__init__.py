@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..errors import IncompatibleWeightsError, WeightsNotFoundError
-from .family import Checkpoint, CheckpointFormat, ConvertInputs, CpuFastPath, Family, FamilyModel, LoadContext, TilingPolicy
+from .family import Checkpoint, CheckpointFormat, ConvertInputs, CpuFastPath, Family, FamilyModel, LoadContext, Prepared, TilingPolicy
 from .classic import FAMILY as CLASSIC
 from .lite import FAMILY as LITE
 from .resshift import FAMILY as RESSHIFT
@@ -26,6 +26,7 @@ __all__ = [
     "Family",
     "FamilyModel",
     "LoadContext",
+    "Prepared",
     "TilingPolicy",
     "detect_format",
     "formats",

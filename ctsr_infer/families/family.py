@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..tmap import TValue
     from .base import RunOptions
 
-__all__ = ["Checkpoint", "CheckpointFormat", "ConvertInputs", "CpuFastPath", "Family", "FamilyModel", "LoadContext", "TilingPolicy"]
+__all__ = ["Checkpoint", "CheckpointFormat", "ConvertInputs", "CpuFastPath", "Family", "FamilyModel", "LoadContext", "Prepared", "TilingPolicy"]
 
 
 class FamilyModel(Protocol):
@@ -39,8 +39,24 @@ class FamilyModel(Protocol):
         tensor when ``ts`` is None); a t may be a map (:mod:`ctsr_infer.tmap`) where the knob takes one."""
         ...
 
+    def prepare(self, lr: torch.Tensor, *, size: tuple[int, int], options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> Prepared:
+        """The work every t shares, for one image (N = 1) or a batch: ``forward`` is ``prepare`` and one
+        ``render``; ``Upscaler.prepare`` keeps it to render more t values (a slider)."""
+        ...
+
     def in_fp32(self) -> AbstractContextManager[None]:
         """Run in float32 for the duration (the pipeline's NaN retry)."""
+        ...
+
+
+class Prepared(Protocol):
+    """An input made ready for any t by :meth:`FamilyModel.prepare`: network outputs that do not
+    depend on t are computed at most once, on the first render that needs them, and kept."""
+
+    def render(self, ts: list[TValue] | None, on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """One (N, 3, *size) float32 CPU tensor in [0, 1] per t (one when ``ts`` is None), equal to
+        ``forward`` with the same arguments."""
         ...
 
 

@@ -3,6 +3,7 @@ input to the network's multiple, resizing the result to the target size, and the
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -10,11 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from ..colorfix import color_fix
+from ..errors import KnobError
 from ..image import resize_bicubic
+from ..progress import ProgressCallback
 from ..tmap import TMap, TValue
 from .base import RunOptions
 
-__all__ = ["pad_to_multiple", "bicubic", "to_size", "per_t"]
+__all__ = ["OutputsByT", "pad_to_multiple", "bicubic", "to_size", "per_t"]
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -73,3 +76,33 @@ def per_t(values: Sequence[TValue], at: Callable[[float], torch.Tensor], size: t
         weight = (t.resized(*size) - t.low) / (t.high - t.low)
         outputs.append(low + weight * (high - low))
     return outputs
+
+
+class OutputsByT:
+    """A prepared image (:meth:`FamilyModel.prepare`) for knobs whose t acts on the whole image:
+    ``compute(t, on_progress)`` (one network run) memoised per t, every render through :func:`per_t`.
+
+    The memo keeps the last :attr:`keep` outputs: enough for a map's two ends and a slider's
+    back-and-forth, bounded because each is a full-resolution float32 image."""
+
+    keep = 4
+
+    def __init__(self, compute: Callable[[float, ProgressCallback | None], torch.Tensor], size: tuple[int, int], *,
+                 default: float, no_knob: str | None = None) -> None:
+        self._compute, self._size, self._default, self._no_knob = compute, size, default, no_knob
+        self._done: OrderedDict[float, torch.Tensor] = OrderedDict()
+
+    def at(self, t: float, on_progress: ProgressCallback | None = None) -> torch.Tensor:
+        if t in self._done:
+            self._done.move_to_end(t)
+            return self._done[t]
+        out = self._done[t] = self._compute(t, on_progress)
+        while len(self._done) > self.keep:
+            self._done.popitem(last=False)
+        return out
+
+    def render(self, ts: Sequence[TValue] | None, on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
+        """One output per t (``None``: the model's default t; ``no_knob``: the error for any other)."""
+        if ts is not None and self._no_knob is not None:
+            raise KnobError(self._no_knob)
+        return per_t([self._default] if ts is None else ts, lambda t: self.at(t, on_progress), self._size)

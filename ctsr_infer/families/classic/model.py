@@ -35,7 +35,7 @@ from ...student_file import StudentFile
 from ...tiling import tiled_apply
 from ...tmap import TValue
 from ..base import RunOptions, run_in_fp32
-from ..framing import per_t, to_size
+from ..framing import OutputsByT, to_size
 from .architectures import descriptor_from_state
 
 __all__ = ["ClassicModel", "MAX_CONTEXT"]
@@ -127,26 +127,26 @@ class ClassicModel:
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(N, 3, h, w) in [0, 1] -> one (N, 3, *size) float32 tensor in [0, 1] per t (one when the
         student has no knob)."""
-        if self.fidelity is None:
-            if ts is not None:
-                raise KnobError("this classic student has no t knob (it is one network, not a blend pair).")
-            return [self._output(lr, size, options, on_progress)]
-        values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
-        done: dict[float, torch.Tensor] = {}
+        return self.prepare(lr, size=size, options=options).render(ts, on_progress)
+
+    def prepare(self, lr: torch.Tensor, *, size: tuple[int, int], options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> OutputsByT:
+        """Interpolated weights: one forward per t, memoised. Two networks: both outputs on the first
+        render, every t after that a mix of them (no network run)."""
         pair: list[torch.Tensor] = []
 
-        def at(t: float) -> torch.Tensor:
-            if t not in done:
-                if self.interpolate:  # one forward per t with the interpolated weights
-                    self._set_weights(t)
-                    done[t] = self._output(lr, size, options, on_progress)
-                else:  # the two networks' outputs once, every t a mix of them
-                    if not pair:
-                        pair.extend(self._output(lr, size, options, on_progress, end) for end in (self.descriptor, self.fidelity))
-                    done[t] = torch.lerp(pair[0], pair[1], t)
-            return done[t]
+        def compute(t: float, progress: ProgressCallback | None) -> torch.Tensor:
+            if self.fidelity is None:
+                return self._output(lr, size, options, progress)
+            if self.interpolate:  # one forward per t with the interpolated weights
+                self._set_weights(t)
+                return self._output(lr, size, options, progress)
+            if not pair:  # the two networks' outputs once, every t a mix of them
+                pair.extend(self._output(lr, size, options, progress, end) for end in (self.descriptor, self.fidelity))
+            return torch.lerp(pair[0], pair[1], t)
 
-        return per_t(values, at, size)
+        no_knob = "this classic student has no t knob (it is one network, not a blend pair)." if self.fidelity is None else None
+        return OutputsByT(compute, size, default=float(self.meta.knob.default_t or 0.0), no_knob=no_knob)
 
     def _output(self, lr: torch.Tensor, size: tuple[int, int], options: RunOptions, on_progress: ProgressCallback | None,
                 descriptor: Any = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from ...student_file import StudentFile
 from ...tiling import tiled_apply
 from ...tmap import TValue
 from ..base import RunOptions, run_in_fp32
-from ..framing import per_t, to_size
+from ..framing import OutputsByT, to_size
 from ..state import fit_state
 from .network import LiteNet, config_from_state
 
@@ -91,19 +91,21 @@ class LiteStudent:
 
         A t map is an output-space blend (t is a network input for the whole image): the outputs at
         the map's lowest and highest t, mixed per pixel by the map resized to the output."""
-        values = ts if ts is not None else [float(self.meta.knob.default_t or 0.0)]
+        return self.prepare(lr, size=size, options=options).render(ts, on_progress)
+
+    def prepare(self, lr: torch.Tensor, *, size: tuple[int, int], options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> OutputsByT:
+        """Nothing to run ahead: t is an input of every block (FiLM), so each new t is one forward,
+        memoised; the colour references are computed once."""
         references: list[torch.Tensor | None] = [None] * lr.shape[0]
-        done: dict[float, torch.Tensor] = {}
 
-        def at(t: float) -> torch.Tensor:
-            if t not in done:
-                emit(on_progress, "network", 0, 1)
-                out = self._run(lr, t, on_progress, options.tile, options.tile_overlap, options.tiling)
-                check_finite(out, "the network output")
-                done[t] = to_size(out, lr, size, options, references)
-            return done[t]
+        def compute(t: float, progress: ProgressCallback | None) -> torch.Tensor:
+            emit(progress, "network", 0, 1)
+            out = self._run(lr, t, progress, options.tile, options.tile_overlap, options.tiling)
+            check_finite(out, "the network output")
+            return to_size(out, lr, size, options, references)
 
-        return per_t(values, at, size)
+        return OutputsByT(compute, size, default=float(self.meta.knob.default_t or 0.0))
 
     @contextmanager
     def in_fp32(self) -> Iterator[None]:

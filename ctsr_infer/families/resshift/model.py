@@ -40,7 +40,7 @@ from ...tiling import gaussian_window, tiled_apply, tiled_vae, with_oom_retry
 from ...tiling.budget import budget_for_tiles
 from ...tmap import TValue
 from ..base import RunOptions, TilePlan, run_in_fp32
-from ..framing import pad_to_multiple, to_size
+from ..framing import OutputsByT, pad_to_multiple, to_size
 from ..state import fit_state
 from .shift_diffusion import Sampler, ShiftSchedule
 from .swin_unet import SwinUNet, SwinUNetConfig
@@ -103,13 +103,20 @@ class ResShiftModel:
     def forward(self, lr: torch.Tensor, *, size: tuple[int, int], ts: list[TValue] | None, options: RunOptions,
                 on_progress: ProgressCallback | None = None) -> list[torch.Tensor]:
         """(1, 3, h, w) in [0, 1] -> [(1, 3, *size) float32 in [0, 1]] (no knob: ``ts`` is None)."""
-        if ts is not None:
-            raise KnobError("resshift-onestep students have no t knob.")
+        return self.prepare(lr, size=size, options=options).render(ts, on_progress)
+
+    def prepare(self, lr: torch.Tensor, *, size: tuple[int, int], options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> OutputsByT:
+        """No knob: the one output, computed on the first render and kept."""
         height, width = lr.shape[-2:]
-        out = self.super_resolve(lr * 2.0 - 1.0, options=options, on_progress=on_progress)
-        out = to_size(((out[..., : height * SCALE, : width * SCALE] + 1.0) / 2.0).clamp(0.0, 1.0), lr, size, options)
-        emit(on_progress, "colour fix", 1, 1)
-        return [out]
+
+        def compute(t: float, progress: ProgressCallback | None) -> torch.Tensor:
+            out = self.super_resolve(lr * 2.0 - 1.0, options=options, on_progress=progress)
+            out = to_size(((out[..., : height * SCALE, : width * SCALE] + 1.0) / 2.0).clamp(0.0, 1.0), lr, size, options)
+            emit(progress, "colour fix", 1, 1)
+            return out
+
+        return OutputsByT(compute, size, default=0.0, no_knob="resshift-onestep students have no t knob.")
 
     def super_resolve(self, y: torch.Tensor, *, options: RunOptions, sampler: Sampler | None = None,
                       steps: int | None = None, on_progress: ProgressCallback | None = None) -> torch.Tensor:

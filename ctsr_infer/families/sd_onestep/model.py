@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ...colorfix import color_fix
 from ...device import Placement, check_finite
 from ...errors import IncompatibleWeightsError, KnobError
 from ...image import resize_bicubic
@@ -39,6 +38,7 @@ from ...tmap import TMap, TValue
 from ..base import RunOptions, TilePlan, run_in_fp32
 from ..framing import pad_to_multiple
 from .base_model import SD21_BASE, VAE_SCALING, predict_x0
+from .prepared import PreparedLatents
 
 if TYPE_CHECKING:  # from diffusers.models: mypy reads diffusers' top level as its dummy objects
     from diffusers.models import AutoencoderKL, UNet2DConditionModel
@@ -150,37 +150,24 @@ class SDOneStep:
         The input is bicubic-upsampled to ``size`` first (OSEDiff's network is 1x); t = None means
         the plain student output. A t map acts per latent position (the knobs here are linear in the
         latent), on the whole latent after the UNet's tiles are blended."""
+        return self.prepare(lr, size=size, options=options, on_progress=on_progress).render(ts, on_progress)
+
+    def prepare(self, lr: torch.Tensor, *, size: tuple[int, int], options: RunOptions,
+                on_progress: ProgressCallback | None = None) -> PreparedLatents:
+        """Upsample, pad and encode now; the UNet calls run on the first render that needs them and
+        are kept, so a later t costs the knob's arithmetic and one decode."""
         pixels = lr[0].permute(1, 2, 0).numpy()
         upsampled = torch.from_numpy(resize_bicubic(pixels, size, bit_depth=options.bit_depth)).permute(2, 0, 1)[None]
-        height, width = size
         padded = pad_to_multiple(upsampled, 8) * 2.0 - 1.0
-        device = self.placement.device
         generator = None
         if options.encode == "sample":
-            generator = torch.Generator(device=device)
+            generator = torch.Generator(device=self.placement.device)
             generator.manual_seed(options.seed if options.seed is not None else int(torch.seed() % (2**63)))
         plan = self.plan(padded.shape[-2], padded.shape[-1], options)
         emit(on_progress, "encode", 0, 1)
         latents = self.encode(padded, generator=generator, mode=options.encode, plan=plan, on_progress=on_progress)
         check_finite(latents, "the encoded latent")
-        emit(on_progress, "denoise", 0, 1)
-        if self.meta.knob.kind == "dual-lora":
-            finals = self.mix_branches(latents, ts, on_progress, plan=plan)
-        else:
-            eps = self.noise(latents, plan=plan, on_progress=on_progress)
-            check_finite(eps, "the UNet output")
-            z0 = self.to_x0(latents, eps)
-            check_finite(z0, "the denoised latent")
-            finals = self.apply_knob(z0, ts, options.knob_steps, on_progress, plan=plan)
-        outputs: list[torch.Tensor] = []
-        for z in finals:
-            emit(on_progress, "decode", 0, 1)
-            image = self.decode(z, plan=plan, on_progress=on_progress)
-            check_finite(image, "the decoded image")
-            image = ((image[..., :height, :width] + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
-            outputs.append(color_fix(image, upsampled, options.color_fix))
-        emit(on_progress, "colour fix", 1, 1)
-        return outputs
+        return PreparedLatents(self, latents=latents, plan=plan, upsampled=upsampled, size=size, options=options)
 
     @staticmethod
     def _on_latent(t: TValue, like: torch.Tensor) -> torch.Tensor | float:
@@ -188,19 +175,21 @@ class SDOneStep:
         return t.resized(like.shape[-2], like.shape[-1]).to(like.device) if isinstance(t, TMap) else t
 
     def apply_knob(self, z0: torch.Tensor, ts: list[TValue] | None, steps: int, on_progress: ProgressCallback | None = None,
-                   *, plan: TilePlan | None = None) -> list[torch.Tensor]:
+                   *, plan: TilePlan | None = None, cache: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
         """t = 0 is z0 itself; t > 0 follows the ctrl velocity field (one velocity when steps = 1; a t
-        map needs one step, which the pipeline checks)."""
+        map needs one step, which the pipeline checks). ``cache`` keeps the one-step velocity across
+        calls on the same ``z0``."""
         if ts is None:
             return [z0]
         knob = self.meta.knob
         positive = [t for t in ts if (t.high if isinstance(t, TMap) else t) > 0]
-        calls = (1 if positive else 0) if steps == 1 else steps * len(positive)
+        cache = {} if cache is None else cache
+        velocity = cache.get("velocity")
+        calls = (1 if positive and velocity is None else 0) if steps == 1 else steps * len(positive)
         done = 0
         emit(on_progress, "knob", 0, calls)
-        velocity = None
-        if steps == 1 and positive:
-            velocity = self.velocity(z0, knob.tau(0.0), plan=plan, on_progress=on_progress)
+        if steps == 1 and positive and velocity is None:
+            velocity = cache["velocity"] = self.velocity(z0, knob.tau(0.0), plan=plan, on_progress=on_progress)
             check_finite(velocity, "the knob velocity")
             done = 1
             emit(on_progress, "knob", done, calls)
@@ -208,7 +197,7 @@ class SDOneStep:
         for t in ts:
             if t not in positive:
                 finals.append(z0)
-            elif velocity is not None:
+            elif steps == 1 and velocity is not None:
                 finals.append(z0 + self._on_latent(t, z0) * velocity)
             else:
                 assert not isinstance(t, TMap)  # the pipeline refuses maps with steps > 1
@@ -223,10 +212,11 @@ class SDOneStep:
         return finals
 
     def mix_branches(self, latents: torch.Tensor, ts: list[TValue] | None, on_progress: ProgressCallback | None = None,
-                     *, plan: TilePlan | None = None) -> list[torch.Tensor]:
+                     *, plan: TilePlan | None = None, cache: dict[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
         """The dual-lora knob (PiSA-SR): eps_pix from the fused pixel branch, eps_sem from the same
         weights plus the semantic (ctrl) LoRA, each at most once; every t (every position's own t) is
-        then eps = lambda_pix * eps_pix + lambda_sem * (eps_sem - eps_pix), x0 from eps.
+        then eps = lambda_pix * eps_pix + lambda_sem * (eps_sem - eps_pix), x0 from eps. ``cache`` keeps
+        the branches across calls on the same ``latents``.
 
         Written as (lambda_pix - lambda_sem) * eps_pix + lambda_sem * eps_sem, a branch whose weight is
         0 for every t is not run: t = 0 with the default mapping (1, 1) is PiSA-SR's single pass with
@@ -236,15 +226,18 @@ class SDOneStep:
         ends = [(knob.lambdas(0.0), knob.lambdas(1.0)) if isinstance(t, TMap) else (knob.lambdas(t),) * 2 for t in values]
         need_pix = any(pix != sem for pair in ends for pix, sem in pair)
         need_sem = any(sem != 0.0 for pair in ends for _, sem in pair)
-        eps_pix = eps_sem = None
-        if need_pix:
-            eps_pix = self.noise(latents, plan=plan, on_progress=on_progress)
-            check_finite(eps_pix, "the pixel branch's UNet output")
-        emit(on_progress, "knob", 0, int(need_sem))
-        if need_sem:
-            eps_sem = self.velocity(latents, self.meta.timestep, plan=plan, on_progress=on_progress)
-            check_finite(eps_sem, "the semantic branch's UNet output")
+        cache = {} if cache is None else cache
+        if need_pix and "eps_pix" not in cache:
+            cache["eps_pix"] = self.noise(latents, plan=plan, on_progress=on_progress)
+            check_finite(cache["eps_pix"], "the pixel branch's UNet output")
+        run_sem = need_sem and "eps_sem" not in cache
+        emit(on_progress, "knob", 0, int(run_sem))
+        if run_sem:
+            cache["eps_sem"] = self.velocity(latents, self.meta.timestep, plan=plan, on_progress=on_progress)
+            check_finite(cache["eps_sem"], "the semantic branch's UNet output")
             emit(on_progress, "knob", 1, 1)
+        eps_pix = cache.get("eps_pix") if need_pix else None
+        eps_sem = cache.get("eps_sem") if need_sem else None
         finals = []
         for t, (at0, at1) in zip(values, ends, strict=True):
             weight = self._on_latent(t, latents) if isinstance(t, TMap) else 0.0
