@@ -1,12 +1,15 @@
 """Folders and file lists: input discovery, output naming, skip-existing, per-file failures.
 
-No global state and no UI: a worker of a distributed engine can call :func:`run_batch` as is.
+No global state and no UI. The steps each file goes through are :class:`FileSteps`, driven over a
+list of jobs by :func:`run_steps`: :func:`run_batch` on one machine, and the Ray actors of
+:mod:`ctsr_infer.distributed` on each batch of a dataset, so both write the same files by one code.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
@@ -14,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .errors import InvalidInputError
+from .atomic import atomic_write
+from .errors import InvalidInputError, MissingDependencyError
 from .animation import ANIMATED_FORMATS, Animation, is_animated, read_animation, write_animation
 from .encoding import check_encoding, holds_comment, output_format, read_comment, write_image
 from .image import read_image
@@ -22,7 +26,8 @@ from .plan import OUTPUT_FORMATS, Job, check_plan, plan_jobs, t_suffix
 from .progress import ProgressCallback, emit
 from .tmap import TMap
 
-__all__ = ["Job", "BatchItem", "BatchReport", "plan_jobs", "check_plan", "run_batch", "t_suffix", "OUTPUT_FORMATS"]
+__all__ = ["Job", "BatchItem", "BatchReport", "FileSteps", "plan_jobs", "read_input", "check_plan", "run_batch", "run_steps", "size_groups",
+           "t_suffix", "OUTPUT_FORMATS"]
 
 logger = logging.getLogger(__name__)
 Status = Literal["ok", "skipped", "failed"]
@@ -40,6 +45,8 @@ class BatchItem:
 @dataclass
 class BatchReport:
     items: list[BatchItem] = field(default_factory=list)
+    model: str | None = None
+    """The name of the model that ran, when the runner knows it (the Ray runner, whose model loads on the workers)."""
 
     def count(self, status: Status) -> int:
         return sum(1 for item in self.items if item.status == status)
@@ -47,6 +54,33 @@ class BatchReport:
     @property
     def failed(self) -> list[BatchItem]:
         return [item for item in self.items if item.status == "failed"]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per input, in run order: ``source``, ``outputs`` (a list), ``status``, ``error``
+        (None unless failed or skipped), ``seconds``."""
+        return [{"source": str(item.source), "outputs": [str(path) for path in item.outputs], "status": item.status,
+                 "error": item.error, "seconds": round(item.seconds, 4)} for item in self.items]
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Write the report atomically: JSON (``.json``: the counts and the rows) or Parquet
+        (``.parquet``: the rows; needs pyarrow, which the ``ray`` extra installs). Returns the path."""
+        path = Path(path)
+        kind = path.suffix.lower()
+        if kind == ".json":
+            counts = {status: self.count(status) for status in ("ok", "skipped", "failed")}
+            return atomic_write(path, json.dumps({**counts, "items": self.rows()}, indent=1) + "\n")
+        if kind != ".parquet":
+            raise InvalidInputError(f"`report` must end in .json or .parquet, got {str(path)!r}.")
+        try:
+            import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+            import pyarrow.parquet as pq  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        except ImportError:
+            raise MissingDependencyError("a Parquet report needs the `pyarrow` package; install it with "
+                                         "`pip install 'ctsr-infer[ray]'`, or write the report as .json.") from None
+        schema = pa.schema([("source", pa.string()), ("outputs", pa.list_(pa.string())), ("status", pa.string()),
+                            ("error", pa.string()), ("seconds", pa.float64())])
+        table = pa.Table.from_pylist(self.rows(), schema=schema)
+        return atomic_write(path, writer=lambda tmp: pq.write_table(table, tmp))
 
 
 _Entry = BatchItem | tuple[Job, float, Future]
@@ -61,7 +95,7 @@ class _Animated:
     frames: list[list[Any]]
 
 
-def _read_input(path: Path) -> Any:
+def read_input(path: Path) -> Any:
     """An :class:`Animation` for an animated GIF/APNG/WebP, else the :class:`ImageData` of the file."""
     return read_animation(path) if is_animated(path) else read_image(path)
 
@@ -82,6 +116,147 @@ def _settings_differ(path: Path, stamp: dict[str, Any] | None) -> str:
         return ""
     keys = sorted(k for k in found.keys() | stamp.keys() if found.get(k) != stamp.get(k))
     return ", ".join(f"{k} {found.get(k)!r} there, {stamp.get(k)!r} now" for k in keys)
+
+
+class FileSteps:
+    """The steps each file of a run goes through, whichever runner drives them (:func:`run_batch` on
+    one machine, the Ray actors of :mod:`ctsr_infer.distributed` on many): one implementation of the
+    skip-existing and settings check, the decoding, the network call (equal sizes together), the
+    atomic write and the file's :class:`BatchItem`.
+
+    Built once per run (the settings record of each t is computed here), then called per file. It
+    keeps no per-file state, so one instance serves any number of chunks, in any order.
+    """
+
+    def __init__(
+        self,
+        upscaler: Any,
+        *,
+        ts: Sequence[float | TMap] | None = None,
+        overwrite: bool = False,
+        on_progress: ProgressCallback | None = None,
+        quality: int | None = None,
+        png_level: int | None = None,
+        keep_metadata: bool = False,
+        read: Callable[[Job], Any] | None = None,
+        **options: Any,
+    ) -> None:
+        """``read``: how a job's input is decoded (default: the file at ``job.source``, an
+        :class:`Animation` for an animated one); the Ray runner decodes bytes from other file systems."""
+        check_encoding(quality=quality, png_level=png_level)
+        self.upscaler = upscaler
+        self.overwrite = overwrite
+        self.on_progress = on_progress
+        self.options = options
+        self.encoding: dict[str, Any] = {"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}
+        self._read = read
+        self.wanted = len(ts) if ts and len(ts) > 1 else 1
+        """Outputs per job: one per t of a t list, else one."""
+        self.t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
+        t_values: list[float | TMap | None] = list(ts) if ts and len(ts) > 1 else [ts[0] if ts else None]
+        settings = getattr(upscaler, "settings", None)
+        self.stamps: list[dict[str, Any] | None] = [settings(t, **options) if settings else None for t in t_values]
+        """The settings record of each t (what an existing output must record to be skipped)."""
+        self.comments = [None if stamp is None else json.dumps(stamp, sort_keys=True) for stamp in self.stamps]
+
+    def check_jobs(self, jobs: Sequence[Job]) -> None:
+        """Refuse jobs planned for another number of t values than this run's."""
+        mismatched = [job for job in jobs if len(job.outputs) != self.wanted]
+        if mismatched:
+            raise InvalidInputError(f"`jobs` were planned for {len(mismatched[0].outputs)} t value(s) but `ts` has {self.wanted}; "
+                                    "plan them with the same `ts` (plan_jobs(..., ts=ts)).")
+
+    def triage(self, job: Job) -> BatchItem | tuple[bool, ...]:
+        """Which of the job's outputs to write (the others exist, made with the same settings); or
+        the job's final item when it does not run: all outputs there with these settings (skipped),
+        or one there with other settings (failed, naming --overwrite)."""
+        needed: list[bool] = []
+        for path, stamp in zip(job.outputs, self.stamps, strict=True):
+            if self.overwrite or not path.exists():
+                needed.append(True)
+                continue
+            differs = _settings_differ(path, stamp)
+            if differs:
+                return BatchItem(job.source, job.outputs, "failed",
+                                 f"`{path}` exists with other settings ({differs}); pass --overwrite to replace it, "
+                                 "or choose another output folder or --suffix")
+            needed.append(False)
+        if not any(needed):
+            return BatchItem(job.source, job.outputs, "skipped", "output exists with the same settings (use --overwrite to redo)")
+        return tuple(needed)
+
+    def read(self, job: Job) -> Any:
+        """The decoded input of a job: an :class:`ImageData`, or an :class:`Animation`."""
+        return self._read(job) if self._read is not None else read_input(job.source)
+
+    def compute(self, group: list[Any]) -> list[list[Any] | _Animated | BaseException]:
+        """The outputs of decoded inputs of one size and bit depth (or one animation), or the error of
+        each that failed: one network call for the group when it can share one; one call per file
+        otherwise or on failure (so only the bad file fails). An animation's frames run one by one."""
+        upscaler, t_arg, on_progress, options = self.upscaler, self.t_arg, self.on_progress, self.options
+        if isinstance(group[0], Animation):
+            try:
+                return [_Animated(group[0], [upscaler.process(frame, t=t_arg, on_progress=on_progress, **options)
+                                             for frame in group[0].frames])]
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - reported with the file
+                return [exc]
+        if len(group) > 1:
+            try:
+                return list(upscaler.process_batch(group, t=t_arg, on_progress=on_progress, **options))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception:  # noqa: BLE001 - find the bad file by running them one by one
+                logger.debug("a batch of %d failed; running its files one by one", len(group), exc_info=True)
+        results: list[list[Any] | _Animated | BaseException] = []
+        for data in group:
+            try:
+                results.append(upscaler.process(data, t=t_arg, on_progress=on_progress, **options))
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch; it is reported
+                results.append(exc)
+        return results
+
+    def write(self, results: list[Any] | _Animated, job: Job, needed: Sequence[bool]) -> None:
+        """Write the ``needed`` outputs of a job atomically, each with its settings record. Without
+        ``overwrite``, an output that appeared meanwhile is an error, never silently kept or replaced."""
+        overwrite, encoding = self.overwrite, self.encoding
+        if isinstance(results, _Animated):
+            still = [path for path in job.outputs if output_format(path) not in ANIMATED_FORMATS]
+            if still:
+                raise InvalidInputError(f"`{job.source}` is animated, and `{still[0].name}` cannot hold an animation; "
+                                        "write it as .png (APNG), .gif or .webp (--format png|gif|webp).")
+            for index, (path, comment, wanted) in enumerate(zip(job.outputs, self.comments, needed, strict=True)):
+                if wanted:
+                    frames = [per_frame[index] for per_frame in results.frames]
+                    write_animation(results.source, frames, path, overwrite=overwrite, comment=comment, **encoding)
+            return
+        for result, path, comment, wanted in zip(results, job.outputs, self.comments, needed, strict=True):
+            if wanted:
+                write_image(result, path, overwrite=overwrite, comment=comment, **encoding)
+
+    @staticmethod
+    def done(job: Job, start: float) -> BatchItem:
+        """The item of a job whose outputs are on disk."""
+        return BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
+
+    @staticmethod
+    def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
+        """The item of a job that failed, with the error's type and message."""
+        logger.debug("failed on %s", job.source, exc_info=exc)
+        return BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
+
+
+def size_groups(loaded: dict[int, Any]) -> list[list[int]]:
+    """The keys of decoded inputs grouped by (size, bit depth), in first-seen order; an animation
+    alone. Each group can share one network call (:meth:`FileSteps.compute`)."""
+    groups: dict[Any, list[int]] = {}
+    for index, data in loaded.items():
+        key = ("animation", index) if isinstance(data, Animation) else (data.size, data.bit_depth)
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
 
 
 def run_batch(
@@ -114,92 +289,27 @@ def run_batch(
     outputs are on disk. Memory: up to ``batch_size`` decoded inputs and their outputs at once.
     ``quality``, ``png_level``, ``keep_metadata``: how outputs are encoded (:func:`~ctsr_infer.encoding.encode_image`).
     """
-    check_encoding(quality=quality, png_level=png_level)
-    encoding = {"quality": quality, "png_level": png_level, "keep_metadata": keep_metadata}
-    wanted = len(ts) if ts and len(ts) > 1 else 1
-    mismatched = [job for job in jobs if len(job.outputs) != wanted]
-    if mismatched:
-        raise InvalidInputError(f"`jobs` were planned for {len(mismatched[0].outputs)} t value(s) but `ts` has {wanted}; "
-                                "plan them with the same `ts` (plan_jobs(..., ts=ts)).")
+    steps = FileSteps(upscaler, ts=ts, overwrite=overwrite, on_progress=on_progress, quality=quality,
+                      png_level=png_level, keep_metadata=keep_metadata, **options)
+    return run_steps(steps, jobs, on_item=on_item, pipelined=pipelined, batch_size=batch_size)
+
+
+def run_steps(
+    steps: FileSteps,
+    jobs: Sequence[Job],
+    *,
+    on_item: Callable[[BatchItem], None] | None = None,
+    pipelined: bool = True,
+    batch_size: int = 1,
+) -> BatchReport:
+    """Drive :class:`FileSteps` over ``jobs`` in chunks of ``batch_size`` (see :func:`run_batch`):
+    the loop both runners share (a Ray actor runs it on each batch it is given)."""
+    steps.check_jobs(jobs)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    on_progress = steps.on_progress
     report = BatchReport()
-    t_arg: Any = list(ts) if ts is not None and len(ts) > 1 else (ts[0] if ts else None)
     chunks = [list(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
-
-    t_values: list[float | TMap | None] = list(ts) if ts and len(ts) > 1 else [ts[0] if ts else None]
-    settings = getattr(upscaler, "settings", None)
-    stamps: list[dict[str, Any] | None] = [settings(t, **options) if settings else None for t in t_values]
-    comments = [None if stamp is None else json.dumps(stamp, sort_keys=True) for stamp in stamps]
-    todo: dict[Job, list[bool]] = {}
-    """Per job, which of its outputs to write (the others exist, made with the same settings)."""
-
-    def triage(job: Job) -> BatchItem | None:
-        """A final item for a job that does not run (all outputs there with these settings, or one
-        there with other settings); None when it runs."""
-        needed: list[bool] = []
-        for path, stamp in zip(job.outputs, stamps, strict=True):
-            if overwrite or not path.exists():
-                needed.append(True)
-                continue
-            differs = _settings_differ(path, stamp)
-            if differs:
-                return BatchItem(job.source, job.outputs, "failed",
-                                 f"`{path}` exists with other settings ({differs}); pass --overwrite to replace it, "
-                                 "or choose another output folder or --suffix")
-            needed.append(False)
-        if not any(needed):
-            return BatchItem(job.source, job.outputs, "skipped", "output exists with the same settings (use --overwrite to redo)")
-        todo[job] = needed
-        return None
-
-    def write(results: list[Any] | _Animated, job: Job) -> None:
-        if isinstance(results, _Animated):
-            still = [path for path in job.outputs if output_format(path) not in ANIMATED_FORMATS]
-            if still:
-                raise InvalidInputError(f"`{job.source}` is animated, and `{still[0].name}` cannot hold an animation; "
-                                        "write it as .png (APNG), .gif or .webp (--format png|gif|webp).")
-            for index, (path, comment, needed) in enumerate(zip(job.outputs, comments, todo[job], strict=True)):
-                if needed:
-                    frames = [per_frame[index] for per_frame in results.frames]
-                    write_animation(results.source, frames, path, overwrite=overwrite, comment=comment, **encoding)
-            return
-        for result, path, comment, needed in zip(results, job.outputs, comments, todo[job], strict=True):
-            if needed:  # overwrite=False: an output that appeared meanwhile is an error, never silently kept
-                write_image(result, path, overwrite=overwrite, comment=comment, **encoding)
-
-    def failed(job: Job, exc: BaseException, start: float) -> BatchItem:
-        logger.debug("failed on %s", job.source, exc_info=exc)
-        return BatchItem(job.source, job.outputs, "failed", f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
-
-    def compute(group: list[Any]) -> list[list[Any] | _Animated | BaseException]:
-        """One network call for the group when it can share one; one call per file otherwise or on failure.
-        An animation is a group of its own: its frames run one by one."""
-        if isinstance(group[0], Animation):
-            try:
-                return [_Animated(group[0], [upscaler.process(frame, t=t_arg, on_progress=on_progress, **options)
-                                             for frame in group[0].frames])]
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - reported with the file
-                return [exc]
-        if len(group) > 1:
-            try:
-                return list(upscaler.process_batch(group, t=t_arg, on_progress=on_progress, **options))
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception:  # noqa: BLE001 - find the bad file by running them one by one
-                logger.debug("a batch of %d failed; running its files one by one", len(group), exc_info=True)
-        results: list[list[Any] | _Animated | BaseException] = []
-        for data in group:
-            try:
-                results.append(upscaler.process(data, t=t_arg, on_progress=on_progress, **options))
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch; it is reported
-                results.append(exc)
-        return results
-
     pending: list[_Entry] = []
 
     def settle() -> None:
@@ -212,11 +322,11 @@ def run_batch(
                 job, start, future = entry
                 try:
                     future.result()
-                    item = BatchItem(job.source, job.outputs, "ok", seconds=time.perf_counter() - start)
+                    item = steps.done(job, start)
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
-                    item = failed(job, exc, start)
+                    item = steps.failed(job, exc, start)
             report.items.append(item)
             pending.pop(0)
             if on_item is not None:
@@ -234,10 +344,14 @@ def run_batch(
                 done.set_exception(exc)
             return done
 
-        def read(chunk_index: int) -> list[Future[Any] | BatchItem]:
+        def read(chunk_index: int) -> list[tuple[Future[Any], tuple[bool, ...]] | BatchItem]:
             if chunk_index >= len(chunks):
                 return []
-            return [triage(job) or io_call(_read_input, job.source) for job in chunks[chunk_index]]
+            reads: list[tuple[Future[Any], tuple[bool, ...]] | BatchItem] = []
+            for job in chunks[chunk_index]:
+                needed = steps.triage(job)
+                reads.append(needed if isinstance(needed, BatchItem) else (io_call(steps.read, job), needed))
+            return reads
 
         def run_all() -> None:
             upcoming = read(0)
@@ -249,31 +363,29 @@ def run_batch(
                 current, upcoming = upcoming, []
                 entries: list[_Entry | None] = [None] * len(chunk)
                 loaded: dict[int, Any] = {}
-                for index, (job, future) in enumerate(zip(chunk, current, strict=True)):
-                    if isinstance(future, BatchItem):
-                        entries[index] = future
+                needs: dict[int, tuple[bool, ...]] = {}
+                for index, (job, state) in enumerate(zip(chunk, current, strict=True)):
+                    if isinstance(state, BatchItem):
+                        entries[index] = state
                         continue
+                    future, needs[index] = state
                     try:
                         loaded[index] = future.result()
                     except (KeyboardInterrupt, MemoryError):
                         raise
                     except Exception as exc:  # noqa: BLE001 - an unreadable file is reported, the rest go on
-                        entries[index] = failed(job, exc, start)
+                        entries[index] = steps.failed(job, exc, start)
                 upcoming = read(chunk_index + 1)
-                groups: dict[Any, list[int]] = {}
-                for index, data in loaded.items():
-                    key = ("animation", index) if isinstance(data, Animation) else (data.size, data.bit_depth)
-                    groups.setdefault(key, []).append(index)
                 outputs: dict[int, list[Any] | _Animated | BaseException] = {}
-                for members in groups.values():
-                    outputs.update(zip(members, compute([loaded[i] for i in members]), strict=True))
+                for members in size_groups(loaded):
+                    outputs.update(zip(members, steps.compute([loaded[i] for i in members]), strict=True))
                 settle()
                 for index, result in sorted(outputs.items()):
                     job = chunk[index]
                     if isinstance(result, BaseException):
-                        entries[index] = failed(job, result, start)
+                        entries[index] = steps.failed(job, result, start)
                     else:
-                        entries[index] = (job, start, io_call(write, result, job))
+                        entries[index] = (job, start, io_call(steps.write, result, job, needs[index]))
                 pending.extend(entry for entry in entries if entry is not None)
                 if not pipelined:  # written already: report now
                     settle()

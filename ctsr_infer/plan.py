@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from .errors import InvalidInputError
 from .image import _FORMATS, IMAGE_EXTENSIONS
 from .tmap import TMap
 
-__all__ = ["find_images", "Job", "OUTPUT_FORMATS", "plan_jobs", "check_plan", "t_suffix", "format_of"]
+__all__ = ["find_images", "Job", "OUTPUT_FORMATS", "plan_jobs", "jobs_for", "check_plan", "is_listed", "t_suffix", "format_of"]
 
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "gif")
 """``--format`` values of folder outputs."""
@@ -66,6 +66,12 @@ def find_images(folder: Path, *, recursive: bool = False) -> list[Path]:
     return [source for source, _ in _discover([Path(folder)], recursive=recursive)] if Path(folder).is_dir() else []
 
 
+def is_listed(relative: PurePath) -> bool:
+    """Whether a folder run takes a file, given its path relative to the folder: an image extension,
+    and no hidden part (``.name``: the library's temporary files are hidden too)."""
+    return relative.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in relative.parts)
+
+
 def _discover(inputs: Sequence[Path], *, recursive: bool, exclude: Path | None = None) -> list[tuple[Path, Path]]:
     """(source, path relative to the output root) for every input; folders give image files only.
     One folder mirrors into the output itself; several inputs mirror each folder into a sub-folder of
@@ -78,8 +84,7 @@ def _discover(inputs: Sequence[Path], *, recursive: bool, exclude: Path | None =
             skip = exclude.resolve() if exclude is not None else None
             files = sorted(
                 p for p in pattern
-                if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                and not any(part.startswith(".") for part in p.relative_to(entry).parts)
+                if p.is_file() and is_listed(p.relative_to(entry))
                 and not (skip is not None and skip != entry.resolve() and skip in p.resolve().parents)  # earlier outputs
             )
             prefix = roots.get(index, Path())
@@ -147,6 +152,13 @@ def check_plan(jobs: Sequence[Job]) -> None:
                 )
 
 
+def _check_naming(fmt: str | None, suffix: str) -> None:
+    if fmt is not None and fmt not in OUTPUT_FORMATS:
+        raise InvalidInputError(f"`format` must be one of {list(OUTPUT_FORMATS)}, got {fmt!r}.")
+    if any(sep in suffix for sep in ("/", "\\")) or suffix in (".", ".."):
+        raise InvalidInputError(f"`suffix` must not contain a path separator, got {suffix!r}.")
+
+
 def plan_jobs(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -166,10 +178,7 @@ def plan_jobs(
     ``fmt`` is the folder outputs' format (default png); with one output file it must match that
     file's extension (or be None).
     """
-    if fmt is not None and fmt not in OUTPUT_FORMATS:
-        raise InvalidInputError(f"`format` must be one of {list(OUTPUT_FORMATS)}, got {fmt!r}.")
-    if any(sep in suffix for sep in ("/", "\\")) or suffix in (".", ".."):
-        raise InvalidInputError(f"`suffix` must not contain a path separator, got {suffix!r}.")
+    _check_naming(fmt, suffix)
     paths = [Path(p) for p in inputs]
     if not paths:
         raise InvalidInputError("no input given: name image files or folders.")
@@ -198,11 +207,28 @@ def plan_jobs(
         )
     if output.exists() and not output.is_dir():
         raise InvalidInputError(f"`output` {str(output)!r} is an existing file, but a folder is needed here; give a folder.")
+    return jobs_for(_discover(paths, recursive=recursive, exclude=output), output, ts=ts, fmt=fmt, suffix=suffix)
+
+
+def jobs_for(
+    listed: Sequence[tuple[Path, Path]],
+    output: str | Path,
+    *,
+    ts: Sequence[float | TMap] | None = None,
+    fmt: str | None = None,
+    suffix: str = "",
+) -> list[Job]:
+    """The jobs of listed files, each a (source, path relative to the output folder) pair: the folder
+    naming of :func:`plan_jobs` (unique stems, ``suffix``, ``_t0.50`` per t of a list, ``fmt``),
+    checked with :func:`check_plan`. Used by :func:`plan_jobs` for local folders and by the Ray
+    runner for listings of other file systems and for datasets."""
+    _check_naming(fmt, suffix)
+    output = Path(output)
     fmt = fmt or "png"
-    discovered = _discover(paths, recursive=recursive, exclude=output)
+    suffixes = [t_suffix(t) for t in ts] if ts and len(ts) > 1 else [""]
     jobs = [
         Job(source, tuple(output / stem.parent / f"{stem.name}{suffix}{s}.{fmt}" for s in suffixes))
-        for (source, _), stem in zip(discovered, _unique_stems(discovered), strict=True)
+        for (source, _), stem in zip(listed, _unique_stems(list(listed)), strict=True)
     ]
     check_plan(jobs)
     return jobs
