@@ -143,7 +143,8 @@ class Upscaler:
         outs = self.process(data, t=list(ts), **options)
         return [to_numpy(o) if data.source == "numpy" else to_pil(o) for o in outs]
 
-    def prepare(self, image: Image.Image | np.ndarray | str | os.PathLike[str], **options: Unpack[UpscaleOptions]) -> PreparedImage:
+    def prepare(self, image: Image.Image | np.ndarray | str | os.PathLike[str] | ImageData,
+                **options: Unpack[UpscaleOptions]) -> PreparedImage:
         """Make one image ready for many t values (a slider): the work every t shares runs now, what
         the knob needs is kept (:mod:`ctsr_infer.prepared` says what, per knob), and
         ``prepared.render(t)`` equals ``upscale(image, t=t, **options)``.
@@ -152,7 +153,7 @@ class Upscaler:
             >>> ready = up.prepare("photo.jpg", scale=4)          # doctest: +SKIP
             >>> frames = [ready.render(t) for t in (0.0, 0.5, 1.0)]  # doctest: +SKIP
         """
-        return PreparedImage(self, read_image(image), options)
+        return PreparedImage(self, image if isinstance(image, ImageData) else read_image(image), options)
 
     def upscale_tensor(self, x: torch.Tensor, *, t: TArgument = None,
                        **options: Unpack[UpscaleOptions]) -> list[torch.Tensor]:
