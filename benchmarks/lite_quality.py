@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 import ctsr_infer
-from ctsr_infer.metrics import psnr, ssim
-from ctsr_infer.sheet import contact_sheet
+from ctsr_infer.evaluation import EvalReport, crop_grid, score
+from ctsr_infer.metrics import psnr
 from ctsr_infer.degradations import bicubic_degrade, degrade, mild_degrade
 from ctsr_infer.train.lite import shrink_photo
 from ctsr_infer.train.lite_gan import HOLDOUT, VALIDATION
@@ -104,9 +104,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     names = VALIDATION if args.split == "validation" else HOLDOUT
     crops = held_out_crops(args.photos, args.crops, names=names)
     results: dict = {"model": args.model or "ctsr-lite (embedded)", "split": args.split, "photos": list(names), "crops": len(crops), "sets": {}}
-    sheets = []
+    samples = []
     for set_index, degradation in enumerate(SETS):
-        scores: dict[str, list[dict[str, float]]] = {}
+        scores = []
         extra: dict[str, list[float]] = {"t0_vs_realesrgan_psnr": [], "hf_t0": [], "hf_realesrgan": [], "hf_t1": [],
                                          "mean_abs_t0_t1": []}
         for index, (name, hr) in enumerate(crops):
@@ -119,9 +119,8 @@ def evaluate(args: argparse.Namespace) -> dict:
             }
             for t, out in zip(TS, lite.sweep(lr, list(TS), **fix)):
                 outputs[f"ctsr-lite t={t:g}"] = out
-            for method, out in outputs.items():
-                a, b = _f(out), _f(hr)
-                scores.setdefault(method, []).append({"psnr_rgb": psnr(a, b, crop=4), "ssim_rgb": ssim(a, b, crop=4)})
+            # the protocol of `ctsr eval` (ctsr_infer.evaluation): 8-bit outputs, border = scale, RGB and Y
+            scores.extend(score(name, method, None, _f(out), _f(hr), 4) for method, out in outputs.items())
             t0, t1, ref = outputs["ctsr-lite t=0"], outputs["ctsr-lite t=1"], outputs["realesrgan-x4plus"]
             extra["t0_vs_realesrgan_psnr"].append(psnr(_f(t0), _f(ref), crop=4))
             extra["hf_t0"].append(laplacian_energy(t0))
@@ -129,10 +128,10 @@ def evaluate(args: argparse.Namespace) -> dict:
             extra["hf_realesrgan"].append(laplacian_energy(ref))
             extra["mean_abs_t0_t1"].append(float(np.abs(t0.astype(float) - t1.astype(float)).mean()))
             if index == 0:
-                labels = ["lanczos", "realesrgan-x4plus", *[f"ctsr-lite t={t:g}" for t in TS], "ground truth"]
-                images = [Image.fromarray(outputs[k]) for k in labels[:-1]] + [Image.fromarray(hr)]
-                sheets.append(contact_sheet(images, labels, column=256, crop=96, zoom=2, title=f"{name}, {degradation} x4"))
-        table = {method: {k: statistics.mean(s[k] for s in rows) for k in rows[0]} for method, rows in scores.items()}
+                labels = ["lanczos", "realesrgan-x4plus", *[f"ctsr-lite t={t:g}" for t in TS]]
+                samples.append((f"{name}, {degradation} x4", {**{k: outputs[k] for k in labels}, "ground truth": hr}))
+        table = {row["method"]: {k: row[k] for k in ("psnr_rgb", "ssim_rgb", "psnr_y", "ssim_y")}
+                 for row in EvalReport(scores, {}).means()}
         summary = {k: statistics.mean(v) for k, v in extra.items()}
         summary["hf_ratio_t0_to_realesrgan"] = summary["hf_t0"] / summary["hf_realesrgan"]
         results["sets"][degradation] = {"methods": table, "knob": summary}
@@ -145,14 +144,8 @@ def evaluate(args: argparse.Namespace) -> dict:
         flat[colour] = worst
     results["flat_max_level_error"] = flat
     if args.sheet:
-        width = max(s.width for s in sheets)
-        canvas = Image.new("RGB", (width, sum(s.height for s in sheets)), "white")
-        y = 0
-        for s in sheets:
-            canvas.paste(s, (0, y))
-            y += s.height
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        canvas.save(args.sheet)
+        crop_grid(samples, args.sheet, crop=96, zoom=2, column=256)
     return results
 
 

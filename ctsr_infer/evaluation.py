@@ -35,7 +35,7 @@ from .image import read_image, resize_bicubic
 from .metrics import psnr, ssim
 from .plan import find_images
 
-__all__ = ["Score", "EvalReport", "evaluate", "evaluate_folders", "degrade_for_eval", "plot_curve", "Degradation"]
+__all__ = ["Score", "EvalReport", "evaluate", "evaluate_folders", "degrade_for_eval", "plot_curve", "crop_grid", "score", "Degradation"]
 
 Degradation = Literal["clean", "mild", "realesrgan"]
 DEGRADATIONS: tuple[str, ...] = ("clean", "mild", "realesrgan")
@@ -60,6 +60,8 @@ class EvalReport:
     scores: list[Score]
     protocol: dict[str, Any]
     notes: list[str] = field(default_factory=lambda: [PERCEPTUAL_NOTE])
+    samples: list[tuple[str, dict[str, np.ndarray]]] = field(default_factory=list)
+    """For :func:`crop_grid`: the first images' outputs (8-bit), by label, the ground truth last."""
 
     def means(self) -> list[dict[str, Any]]:
         """The mean of each metric over images, per (method, t), in first-seen order."""
@@ -110,7 +112,9 @@ def _gt(path: Path, scale: int) -> np.ndarray:
     return np.ascontiguousarray(pixels[:height, :width, :3])
 
 
-def _score(image: str, method: str, t: float | None, output: np.ndarray, gt: np.ndarray, crop: int) -> Score:
+def score(image: str, method: str, t: float | None, output: np.ndarray, gt: np.ndarray, crop: int) -> Score:
+    """One output scored against its ground truth by the protocol: 8-bit rounding, then PSNR and
+    SSIM on RGB and Y with ``crop`` pixels off each border. Arrays (H, W, 3+) float in [0, 1]."""
     out = _quantised(output[..., :3])
     return Score(image, method, t, psnr(out, gt, crop=crop), psnr(out, gt, crop=crop, y=True),
                  ssim(out, gt, crop=crop), ssim(out, gt, crop=crop, y=True))
@@ -122,8 +126,9 @@ def _lanczos(low: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def evaluate(upscaler: Any, data: str | Path, *, ts: Sequence[float] | None = None, degrade: str = "clean", scale: int | None = None,
-             seed: int = 0, on_image: Callable[[str], None] | None = None) -> EvalReport:
-    """Score ``upscaler`` (and the bicubic and Lanczos baselines) on the GT images of ``data``."""
+             seed: int = 0, on_image: Callable[[str], None] | None = None, samples: int = 4) -> EvalReport:
+    """Score ``upscaler`` (and the bicubic and Lanczos baselines) on the GT images of ``data``; the
+    outputs of the first ``samples`` images are kept for :func:`crop_grid`."""
     folder = Path(data)
     files = find_images(folder)
     if not files:
@@ -134,23 +139,54 @@ def evaluate(upscaler: Any, data: str | Path, *, ts: Sequence[float] | None = No
     scale = int(wanted)
     values: list[float | None] = list(ts) if ts else [None]
     scores: list[Score] = []
+    kept: list[tuple[str, dict[str, np.ndarray]]] = []
     for index, path in enumerate(files):
         gt = _gt(path, scale)
         low = degrade_for_eval(gt, degrade, scale, seed + index)
         size = gt.shape[:2]
-        scores.append(_score(path.name, "bicubic", None, resize_bicubic(low, size, bit_depth=8), gt, scale))
-        scores.append(_score(path.name, "lanczos", None, _lanczos(low, size), gt, scale))
-        outputs = upscaler.sweep(low, values, scale=scale) if ts else [upscaler.upscale(low, scale=scale)]
-        for t, output in zip(values, outputs, strict=True):
-            scores.append(_score(path.name, upscaler.name, t, np.asarray(output, dtype=np.float32), gt, scale))
+        outputs = {"bicubic": resize_bicubic(low, size, bit_depth=8), "lanczos": _lanczos(low, size)}
+        scores.extend(score(path.name, method, None, output, gt, scale) for method, output in outputs.items())
+        results = upscaler.sweep(low, values, scale=scale) if ts else [upscaler.upscale(low, scale=scale)]
+        for t, output in zip(values, results, strict=True):
+            outputs[upscaler.name if t is None else f"{upscaler.name} t={t:g}"] = np.asarray(output, dtype=np.float32)
+            scores.append(score(path.name, upscaler.name, t, np.asarray(output, dtype=np.float32), gt, scale))
+        if index < samples:
+            kept.append((path.name, {label: _to_u8(o) for label, o in {**outputs, "ground truth": gt}.items()}))
         if on_image is not None:
             on_image(path.name)
     protocol = {"data": str(folder), "images": len(files), "degrade": degrade, "scale": scale, "seed": seed,
                 "border_crop": scale, "rounding": "8-bit outputs", "model": upscaler.name, "ts": values}
-    return EvalReport(scores, protocol)
+    return EvalReport(scores, protocol, samples=kept)
 
 
-def evaluate_folders(predictions: str | Path, ground_truth: str | Path, *, scale: int = 4) -> EvalReport:
+def _to_u8(pixels: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(pixels[..., :3], 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def crop_grid(samples: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | Path, *, crop: int = 96, zoom: int = 2,
+              column: int = 192) -> Path:
+    """One contact sheet (:func:`ctsr_infer.sheet.contact_sheet`) per image, stacked: each method's
+    output shrunk to a column, then the same ``crop`` window of all at full resolution, enlarged
+    ``zoom`` times, where the first and last columns differ most. ``samples`` as in
+    :attr:`EvalReport.samples`: (image name, {label: (H, W, 3) uint8}), all of one size per image."""
+    from .atomic import atomic_write
+    from .sheet import contact_sheet
+
+    if not samples:
+        raise InvalidInputError("the crop grid needs at least one image.")
+    sheets = [contact_sheet([Image.fromarray(a) for a in outputs.values()], list(outputs), column=column, crop=crop, zoom=zoom,
+                            title=name) for name, outputs in samples]
+    canvas = Image.new("RGB", (max(s.width for s in sheets), sum(s.height for s in sheets)), "white")
+    top = 0
+    for sheet in sheets:
+        canvas.paste(sheet, (0, top))
+        top += sheet.height
+    target = Path(path)
+    atomic_write(target, writer=lambda tmp: canvas.save(tmp, format="PNG"))
+    return target
+
+
+def evaluate_folders(predictions: str | Path, ground_truth: str | Path, *, scale: int = 4, samples: int = 4) -> EvalReport:
     """Score outputs made elsewhere against GT, matched by file stem (sizes must agree after the GT's
     crop to a multiple of ``scale``)."""
     preds = {p.stem: p for p in find_images(Path(predictions))}
@@ -161,15 +197,18 @@ def evaluate_folders(predictions: str | Path, ground_truth: str | Path, *, scale
     if missing:
         raise InvalidInputError(f"`PRED_DIR` `{predictions}` has no output for {missing[:5]} (matched by file name without extension).")
     scores = []
+    kept: list[tuple[str, dict[str, np.ndarray]]] = []
     for path in truths:
         gt = _gt(path, scale)
         pred = read_image(preds[path.stem]).pixels[..., :3]
         if pred.shape != gt.shape:
             raise InvalidInputError(f"`{preds[path.stem]}` is {pred.shape[1]}x{pred.shape[0]}, its ground truth {gt.shape[1]}x{gt.shape[0]} "
                                     f"(after cropping to a multiple of {scale}).")
-        scores.append(_score(path.name, Path(predictions).name, None, pred, gt, scale))
+        scores.append(score(path.name, Path(predictions).name, None, pred, gt, scale))
+        if len(kept) < samples:
+            kept.append((path.name, {Path(predictions).name: _to_u8(pred), "ground truth": _to_u8(gt)}))
     return EvalReport(scores, {"predictions": str(predictions), "ground_truth": str(ground_truth), "images": len(truths),
-                               "scale": scale, "border_crop": scale, "rounding": "8-bit outputs"})
+                               "scale": scale, "border_crop": scale, "rounding": "8-bit outputs"}, samples=kept)
 
 
 def plot_curve(report: EvalReport, path: str | Path, *, metric: str = "psnr_y") -> Path:

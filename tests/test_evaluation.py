@@ -71,15 +71,45 @@ def test_outputs_made_elsewhere(tmp_path: Path) -> None:
         evaluate_folders(predictions, truth, scale=4)
 
 
+def test_the_crop_grid_shows_each_method_at_full_resolution(tmp_path: Path) -> None:
+    from ctsr_infer.evaluation import crop_grid
+
+    up = ctsr_infer.load("ctsr-lite", device="cpu")
+    report = evaluate(up, _ground_truth(tmp_path / "gt"), ts=[0.0, 1.0], samples=1)
+    assert len(report.samples) == 1
+    name, outputs = report.samples[0]
+    assert name == "img0.png" and list(outputs) == ["bicubic", "lanczos", "ctsr-lite t=0", "ctsr-lite t=1", "ground truth"]
+    assert all(a.shape == (64, 68, 3) and a.dtype == np.uint8 for a in outputs.values())
+    path = crop_grid(report.samples, tmp_path / "grid.png", crop=32, zoom=2, column=64)
+    with Image.open(path) as grid:
+        sheet = np.asarray(grid.convert("RGB"))
+    # the zoomed row holds each method's 32x32 window enlarged 2x: the ground truth's is found in the sheet
+    gt_zoom = np.kron(outputs["ground truth"], np.ones((2, 2, 1), np.uint8))
+    found = False
+    for top in range(sheet.shape[0] - 64):
+        for left in range(sheet.shape[1] - 64):
+            window = sheet[top:top + 64, left:left + 64]
+            if window[0, 0, 0] == window[1, 1, 0] and any(
+                    np.array_equal(window, gt_zoom[y:y + 64, x:x + 64]) for y in range(0, 2 * 64 - 64 + 1, 2) for x in range(0, 2 * 68 - 64 + 1, 2)
+                    if gt_zoom[y, x, 0] == window[0, 0, 0]):
+                found = True
+                break
+        if found:
+            break
+    assert found
+
+
 def test_cli_writes_the_report_and_the_knob_curve(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     data = _ground_truth(tmp_path / "gt", count=1)
     result = CliRunner().invoke(app, ["eval", "--model", "ctsr-lite", "--data", str(data), "--t", "0,0.5,1", "--json",
-                                      str(tmp_path / "r.json"), "--plot", str(tmp_path / "curve.png")])
+                                      str(tmp_path / "r.json"), "--plot", str(tmp_path / "curve.png"), "--grid", str(tmp_path / "grid.png")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert {row["method"] for row in report["means"]} == {"bicubic", "lanczos", "ctsr-lite"} and len(report["per_image"]) == 5
     with Image.open(tmp_path / "curve.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 100
+    with Image.open(tmp_path / "grid.png") as grid:  # 6 columns: bicubic, lanczos, 3 t values, ground truth
+        assert grid.format == "PNG" and grid.size[0] >= 6 * 192
     both = CliRunner().invoke(app, ["eval", str(tmp_path), str(data), "--model", "ctsr-lite"])
     assert both.exit_code == 2

@@ -28,10 +28,11 @@ def evaluate(
     dtype: DtypeOption = "auto",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (protocol, per image, means) here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the knob curve (PSNR-Y against t, baselines as lines) here.")] = None,
+    grid: Annotated[Path | None, typer.Option("--grid", help="Write a crop grid (each method and t on the first 4 images) here (PNG).")] = None,
 ) -> None:
     """PSNR and SSIM (RGB and Y, border = scale, 8-bit outputs) per image and on average."""
     from ..atomic import atomic_write
-    from ..evaluation import evaluate as run, evaluate_folders, plot_curve
+    from ..evaluation import crop_grid, evaluate as run, evaluate_folders, plot_curve
 
     if folders:
         if len(folders) != 2 or data is not None or model is not None or t is not None:
@@ -58,3 +59,5 @@ def evaluate(
         atomic_write(json_path, report.to_json())
     if plot is not None:
         plot_curve(report, plot)
+    if grid is not None:
+        crop_grid(report.samples, grid)
