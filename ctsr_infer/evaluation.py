@@ -226,13 +226,14 @@ def plot_curve(report: EvalReport, path: str | Path, *, metric: str = "psnr_y") 
 
     rows = report.means()
     figure, axis = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for index, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         points = [(r["t"], r[metric]) for r in rows if r["method"] == method]
+        colour = f"C{index % 10}"  # axhline does not advance the colour cycle: one colour per method
         if all(t is None for t, _ in points):
-            axis.axhline(points[0][1], linestyle="--", linewidth=1, label=method)
+            axis.axhline(points[0][1], linestyle="--", linewidth=1, label=method, color=colour)
         else:
             points = sorted((t if t is not None else math.nan, v) for t, v in points)
-            axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=method)
+            axis.plot([t for t, _ in points], [v for _, v in points], marker="o", label=method, color=colour)
     axis.set_xlabel("t (0 = realistic, 1 = faithful)")
     axis.set_ylabel(metric.replace("_", " ").upper())
     axis.legend()

@@ -94,10 +94,11 @@ def face_mask(height: int, width: int, faces: list[Face]) -> np.ndarray:
     return mask
 
 
-def protected(ts: list[TValue], pixels: np.ndarray, value: float) -> list[TValue]:
+def protected(ts: list[TValue], pixels: np.ndarray, value: float, *, found: list[Face] | None = None) -> list[TValue]:
     """``ts`` with the faces found in ``pixels`` pinned to ``value``: each t becomes a map equal to t
-    away from faces and to ``value`` on them (feathered). Unchanged when no face is found."""
-    faces = detect_faces(pixels)
+    away from faces and to ``value`` on them (feathered). Unchanged when no face is found.
+    ``found``: the faces :func:`detect_faces` gave for these pixels before (a prepared image)."""
+    faces = detect_faces(pixels) if found is None else found
     logger.info("protect_faces: %d face(s) found", len(faces))
     if not faces:
         return ts

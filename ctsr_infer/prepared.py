@@ -33,6 +33,7 @@ from .progress import ProgressCallback
 from .tmap import TMap, TValue
 
 if TYPE_CHECKING:
+    from .faces import Face
     from .families import Prepared
     from .pipeline import Upscaler
 
@@ -74,6 +75,7 @@ class PreparedImage:
         self._lr = torch.from_numpy(np.ascontiguousarray(pixels[None])).permute(0, 3, 1, 2)
         self._rendered: OrderedDict[Any, list[ImageData]] = OrderedDict()
         self._state: Prepared | None = None
+        self._faces: list[Face] | None = None
         start = time.perf_counter()
         try:
             with upscaler._lock, torch.inference_mode():
@@ -99,18 +101,29 @@ class PreparedImage:
         upscaler = self.upscaler
         ts, _ = upscaler.check_options(t, **self._options)
         key = None if ts is None else tuple(v.digest if isinstance(v, TMap) else v for v in ts)
-        label = "default" if ts is None else ", ".join(v.digest[:8] if isinstance(v, TMap) else f"{v:g}" for v in ts)
+        label = "default" if ts is None else ", ".join(f"map {v.digest[:8]}" if isinstance(v, TMap) else f"{v:g}" for v in ts)
         if key in self._rendered:
             self._rendered.move_to_end(key)
             self.last = RenderTiming(label, time.perf_counter() - start, True)
             return self._rendered[key]
-        image_ts = upscaler._image_ts(self.data.pixels, ts, self._run)
+        image_ts = self._image_ts(ts)
         outputs = self._outputs(image_ts, on_progress)
         result = [replace(self.data, pixels=out[0].permute(1, 2, 0).numpy().astype(np.float32, copy=False), alpha=self._alpha)
                   for out in outputs]
         self._keep(key, result)
         self.last = RenderTiming(label, time.perf_counter() - start, False)
         return result
+
+    def _image_ts(self, ts: list[TValue] | None) -> list[TValue] | None:
+        """As ``Upscaler._image_ts`` (maps checked, faces pinned), the faces detected once per image."""
+        checked = self.upscaler._image_ts(self.data.pixels, ts, replace(self._run, protect_faces=None))
+        if checked is None or self._run.protect_faces is None:
+            return checked
+        from .faces import detect_faces, protected
+
+        if self._faces is None:
+            self._faces = detect_faces(self.data.pixels)
+        return protected(checked, self.data.pixels, self._run.protect_faces, found=self._faces)
 
     def _outputs(self, ts: list[TValue] | None, on_progress: ProgressCallback | None) -> list[torch.Tensor]:
         upscaler = self.upscaler

@@ -68,12 +68,18 @@ def test_a_painted_mask_is_a_t_map(bench: Workbench, lite: ctsr_infer.Upscaler, 
     assert view.t_map is not None and np.array_equal(view.t_map, np.round(t_map * 255).astype(np.uint8))
     assert same_8bit(view.after, np.asarray(lite.upscale(path, t=t_map)))
     assert paint_map(np.zeros((4, 4), bool), 0.3, 1.0) is None
-    # editor layers come back RGBA at the canvas size: painted = alpha > 0, resized to the image
+    # editor layers come back RGBA at the editor's size: painted = alpha > 0; a half-size painting is a
+    # map of the image's aspect ratio (resized where it acts); one of another aspect ratio is a stale
+    # painting of the previous image, ignored
     layer = np.zeros((20, 28, 4), np.uint8)
     layer[4:12, 5:15, 3] = 255
-    resized = mask_from_layers([layer], (40, 56))
-    assert resized is not None and resized.shape == (40, 56) and resized.sum() == 8 * 10 * 4
-    assert mask_from_layers([np.zeros((20, 28, 4), np.uint8)], (40, 56)) is None
+    half = mask_from_layers([layer])
+    assert half is not None and half.shape == (20, 28) and half.sum() == 8 * 10
+    assert mask_from_layers([np.zeros((20, 28, 4), np.uint8)]) is None
+    view = bench.view(path, lite.name, t=1.0, mask=half, painted_t=0.0)
+    assert same_8bit(view.after, np.asarray(lite.upscale(path, t=np.where(half, 0.0, 1.0).astype(np.float32))))
+    stale = bench.view(path, lite.name, t=1.0, mask=np.ones((56, 40), bool), painted_t=0.0)
+    assert stale.t_map is None and np.array_equal(stale.after, bench.view(path, lite.name, t=1.0).after)
 
 
 def test_limits_refuse_with_the_flag_to_raise_them(lite: ctsr_infer.Upscaler, tmp_path: Path) -> None:

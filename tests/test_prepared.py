@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ctsr_infer
 from ctsr_infer.errors import InvalidInputError, KnobError
@@ -52,17 +53,17 @@ def test_lite_renders_equal_upscale_and_repeat_ts_cost_nothing(lite: ctsr_infer.
     calls = Calls(lite.model.net)
     try:
         outs = {}
-        for t in (0.0, 0.5, 1.0):
+        for t in (0.0, 0.3, 1.0):
             out = outs[t] = ready.render(t)
             assert out.dtype == np.uint8 and out.shape == (80, 112, 3)
             assert same_8bit(out, lite.upscale(image, t=t)), t
         runs = calls.count
         assert runs == 6  # 3 renders + 3 references: one network run per new t
-        again = ready.render(0.5)
+        again = ready.render(0.3)
         assert calls.count == runs and ready.last is not None and ready.last.cached
-        assert np.array_equal(again, outs[0.5])
-        # a map: the output-space blend of its two ends, both already computed
-        t_map = _half_map(20, 28)
+        assert np.array_equal(again, outs[0.3])
+        # a map: the output-space blend of its two ends, both already computed (its 0.3 is a float32)
+        t_map = np.where(_half_map(20, 28) > 0, 1.0, 0.3).astype(np.float32)
         before = calls.count
         mapped = ready.render(t_map)
         assert calls.count == before
@@ -176,3 +177,20 @@ def resshift_upscaler(tmp_path_factory: pytest.TempPathFactory) -> ctsr_infer.Up
                                       "--net-config", str(folder / "net.json"), "--licence", "test"])
     assert result.exit_code == 0, result.output
     return ctsr_infer.load(target, device="cpu")
+
+
+def test_faces_are_found_once_per_prepared_image(lite: ctsr_infer.Upscaler, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("cv2")
+    data = pytest.importorskip("skimage.data")
+    from ctsr_infer import faces
+
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((128, 128), Image.Resampling.LANCZOS))
+    calls: list[int] = []
+    real = faces.detect_faces
+    monkeypatch.setattr(faces, "detect_faces", lambda pixels: calls.append(1) or real(pixels))
+    ready = lite.prepare(photo, protect_faces=1.0)
+    outs = [ready.render(t) for t in (0.0, 0.5)]
+    assert len(calls) == 1 and len(real(photo.astype(np.float32) / 255)) == 1  # one face, found once
+    for t, out in zip((0.0, 0.5), outs, strict=True):
+        assert same_8bit(out, lite.upscale(photo, t=t, protect_faces=1.0)), t
+    assert not np.array_equal(outs[0], lite.upscale(photo, t=0.0))  # the face is pinned to t = 1

@@ -8,6 +8,7 @@ but on one model concurrent requests would only take turns for the network while
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,15 +26,44 @@ __all__ = ["build_page"]
 COMPARE = {"bicubic vs output": "bicubic", "t (other) vs t": "t"}
 
 
-def _mask(editor: Any, shape: tuple[int, int]) -> np.ndarray | None:
+def _mask(editor: Any) -> np.ndarray | None:
     if not isinstance(editor, dict):
         return None
-    return mask_from_layers(editor.get("layers"), shape)
+    return mask_from_layers(editor.get("layers"))
+
+
+class _Shown:
+    """The page's images as PNG files written with zlib level 1 (Gradio's own encoding of arrays uses
+    Pillow's default, level 6: 4x slower for a 1024² image, a few % smaller), lossless either way.
+    The last :attr:`keep` files are kept (Gradio copies what it serves into its cache)."""
+
+    keep = 64
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.written: deque[Path] = deque()
+        self.count = 0
+
+    def __call__(self, array: np.ndarray | None) -> str | None:
+        if array is None:
+            return None
+        from PIL import Image
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        path = self.folder / f"view-{self.count}.png"
+        Image.fromarray(array).save(path, format="PNG", compress_level=1)
+        self.written.append(path)
+        while len(self.written) > self.keep:
+            self.written.popleft().unlink(missing_ok=True)
+        return str(path)
 
 
 def build_page(bench: Workbench) -> gr.Blocks:
     """The page for ``bench`` (not launched; ``.launch()`` it, or mount it in a FastAPI app)."""
     import gradio as gr
+
+    shown = _Shown(bench.outputs / "view")
 
     first = bench.models[0]
     up = bench.upscaler(first)
@@ -53,20 +83,18 @@ def build_page(bench: Workbench) -> gr.Blocks:
         if not path:
             return None, None, None, ""
         try:
-            data = bench.read(path)
             view = bench.view(path, model, t=t, compare=COMPARE.get(compare, "bicubic"), t_other=t_other,  # type: ignore[arg-type]
-                              mask=_mask(editor, data.size), painted_t=painted_t, faces=faces,
+                              mask=_mask(editor), painted_t=painted_t, faces=faces,
                               zoom=(zoom_x, zoom_y), on_progress=progress_hook(progress))
         except CtsrError as error:
             raise fail(error) from None
-        return (view.before, view.after), (view.zoom_before, view.zoom_after), view.t_map, view.timing
+        return (shown(view.before), shown(view.after)), (shown(view.zoom_before), shown(view.zoom_after)), shown(view.t_map), view.timing
 
     def save(path: str | None, model: str, t: float, editor: Any, painted_t: float, faces: bool, fmt: str) -> str:
         if not path:
             raise fail(InvalidInputError("upload an image first."))
         try:
-            data = bench.read(path)
-            return str(bench.save(path, model, t=t, mask=_mask(editor, data.size), painted_t=painted_t, faces=faces, fmt=fmt))
+            return str(bench.save(path, model, t=t, mask=_mask(editor), painted_t=painted_t, faces=faces, fmt=fmt))
         except CtsrError as error:
             raise fail(error) from None
 

@@ -213,7 +213,8 @@ class Workbench:
     def view(self, path: str | Path, model: str, *, t: float | None, compare: Compare = "bicubic", t_other: float = 1.0,
              mask: np.ndarray | None = None, painted_t: float = 1.0, faces: bool = False,
              zoom: tuple[float, float] = (0.5, 0.5), on_progress: ProgressCallback | None = None) -> View:
-        """Everything the page shows for these controls. ``mask`` (H, W) bool marks painted pixels."""
+        """Everything the page shows for these controls. ``mask`` (h, w) bool marks painted pixels, at the
+        image's size or another of its aspect ratio (one of another aspect ratio is a stale painting: ignored)."""
         start = time.perf_counter()
         up = self.upscaler(model)
         knob = up.knob.kind != "none"
@@ -221,6 +222,7 @@ class Workbench:
         ready = self.prepared(path, model, faces=faces, on_progress=on_progress)
         prepare_s = ready.prepare_seconds if first else 0.0
         t_value: float | np.ndarray | None = t if knob else None
+        mask = _current(mask, ready.data.size)
         t_map = paint_map(mask, float(t), painted_t) if knob and t is not None and mask is not None else None
         if t_map is not None:
             if not self.takes_map(model):
@@ -257,6 +259,7 @@ class Workbench:
         up = self.upscaler(model)
         ready = self.prepared(path, model, faces=faces)
         knob = up.knob.kind != "none"
+        mask = _current(mask, ready.data.size)
         t_map = paint_map(mask, float(t), painted_t) if knob and t is not None else None
         (out,) = ready.render_data(t_map if t_map is not None else (t if knob else None))
         label = "" if not knob else ("_tmap" if t_map is not None else f"_t{t:.2f}")
@@ -280,18 +283,25 @@ class Workbench:
             return (str(path), stat.st_size, stat.st_mtime_ns, model, faces) in self._prepared
 
 
-def mask_from_layers(layers: Sequence[np.ndarray] | None, shape: tuple[int, int]) -> np.ndarray | None:
-    """Painted pixels of an image editor's layers (RGBA, alpha > 0), at the image's ``shape``
-    (resized with nearest neighbour when the editor's canvas has another size); None if none."""
+def mask_from_layers(layers: Sequence[np.ndarray] | None) -> np.ndarray | None:
+    """Painted pixels of an image editor's layers (RGBA, alpha > 0) at the editor's resolution (the
+    image's; a t map is resized to the grid it acts on anyway); None if nothing is painted."""
     if not layers:
         return None
     mask = np.zeros(layers[0].shape[:2], bool)
     for layer in layers:
-        if layer is not None and layer.ndim == 3 and layer.shape[2] == 4:
+        if layer is not None and layer.ndim == 3 and layer.shape[2] == 4 and layer.shape[:2] == mask.shape:
             mask |= layer[..., 3] > 0
-    if not mask.any():
-        return None
-    if mask.shape != shape:
-        mask = np.asarray(Image.fromarray(mask).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
-    return mask
+    return mask if mask.any() else None
 
+
+def _current(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
+    """``mask`` if it was painted on this image (its aspect ratio), else None: the editor may still
+    hold the previous image's painting when a new image's first request runs."""
+    if mask is None:
+        return None
+    height, width = size
+    if abs(mask.shape[0] * width - mask.shape[1] * height) > max(height, width, *mask.shape) * 1.0:
+        logger.info("ignoring a painted mask of %s for an image of %s", mask.shape, size)
+        return None
+    return mask

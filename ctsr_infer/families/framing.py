@@ -93,10 +93,13 @@ class OutputsByT:
         self._done: OrderedDict[float, torch.Tensor] = OrderedDict()
 
     def at(self, t: float, on_progress: ProgressCallback | None = None) -> torch.Tensor:
-        if t in self._done:
-            self._done.move_to_end(t)
-            return self._done[t]
-        out = self._done[t] = self._compute(t, on_progress)
+        # keyed at float32 precision, the precision every network takes t in: a map's ends are float32
+        # values (0.3 from a map is 0.30000001192...), the slider's the float64 of the same number
+        key = float(np.float32(t))
+        if key in self._done:
+            self._done.move_to_end(key)
+            return self._done[key]
+        out = self._done[key] = self._compute(t, on_progress)
         while len(self._done) > self.keep:
             self._done.popitem(last=False)
         return out
