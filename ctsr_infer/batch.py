@@ -11,23 +11,35 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import atomic_write
-from .errors import InvalidInputError, MissingDependencyError
 from .animation import ANIMATED_FORMATS, Animation, is_animated, read_animation, write_animation
+from .atomic import atomic_write
 from .encoding import check_encoding, holds_comment, output_format, read_comment, write_image
+from .errors import InvalidInputError, MissingDependencyError
 from .image import read_image
 from .plan import OUTPUT_FORMATS, Job, check_plan, plan_jobs, t_suffix
 from .progress import ProgressCallback, emit
 from .tmap import TMap
 
-__all__ = ["Job", "BatchItem", "BatchReport", "FileSteps", "plan_jobs", "read_input", "check_plan", "run_batch", "run_steps", "size_groups",
-           "t_suffix", "OUTPUT_FORMATS"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "BatchItem",
+    "BatchReport",
+    "FileSteps",
+    "Job",
+    "check_plan",
+    "plan_jobs",
+    "read_input",
+    "run_batch",
+    "run_steps",
+    "size_groups",
+    "t_suffix",
+]
 
 logger = logging.getLogger(__name__)
 Status = Literal["ok", "skipped", "failed"]
@@ -207,7 +219,7 @@ class FileSteps:
                 return list(upscaler.process_batch(group, t=t_arg, on_progress=on_progress, **options))
             except (KeyboardInterrupt, MemoryError):
                 raise
-            except Exception:  # noqa: BLE001 - find the bad file by running them one by one
+            except Exception:
                 logger.debug("a batch of %d failed; running its files one by one", len(group), exc_info=True)
         results: list[list[Any] | _Animated | BaseException] = []
         for data in group:

@@ -15,7 +15,7 @@ from .errors import InvalidInputError
 from .image import _FORMATS, IMAGE_EXTENSIONS
 from .tmap import TMap
 
-__all__ = ["find_images", "Job", "OUTPUT_FORMATS", "plan_jobs", "jobs_for", "check_plan", "is_listed", "t_suffix", "format_of"]
+__all__ = ["OUTPUT_FORMATS", "Job", "check_plan", "find_images", "format_of", "is_listed", "jobs_for", "plan_jobs", "t_suffix"]
 
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tiff", "gif")
 """``--format`` values of folder outputs."""
