@@ -1,0 +1,538 @@
+"""Folders and datasets on a Ray cluster (the ``ray`` extra): Ray Data streams the files to a pool of
+actors, each holding one loaded :class:`~ctsr_infer.pipeline.Upscaler`.
+
+The work per file is the folder runner's, not a copy of it: each actor runs
+:func:`~ctsr_infer.batch.run_steps` with :class:`~ctsr_infer.batch.FileSteps` on the batch it is
+given, so naming (:func:`~ctsr_infer.plan.plan_jobs`), skip-existing with the settings check, the
+settings record, atomic writes and per-file errors are exactly those of ``ctsr upscale`` without
+``--ray``, and the files written are the same bytes (given the same CPU or GPU and dtype).
+
+Data flow:
+
+1. The driver plans the whole run (output names are unique by construction, and checked) before
+   anything starts.
+2. A Ray Dataset of small rows (the index, the source path and the output paths; for a Dataset
+   source also the file's encoded bytes) goes through ``map_batches`` with an actor pool
+   (``ActorPoolStrategy``): GPU actors where the cluster has GPUs, CPU actors otherwise. Files are
+   read and decoded inside the actors, so the object store only carries paths (or the encoded
+   bytes of a Dataset), and Ray Data's streaming executor bounds what is in flight.
+   An actor whose model or options are refused (a missing model, an option its family does not
+   take) touches no file and returns the error; the driver raises it as it is, so a bad option is
+   one usage error, as without Ray, not a failure per file.
+3. Each actor returns one report row per file; the driver streams them back (progress, ``on_item``)
+   and returns a :class:`~ctsr_infer.batch.BatchReport` in plan order, optionally written as JSON or
+   Parquet.
+
+Fault tolerance is Ray's: Ray Data's actor pools restart a dead actor (``max_restarts=-1``) and
+retry its task (``max_task_retries=-1``). A retried batch triages its files again, so outputs the
+dead attempt finished are skipped (same settings) and never written twice; a file being written
+when the actor died was never renamed into place, so no output is ever partial (a hidden
+``.<name>.<random>.ctsr-tmp`` may be left beside it; folder runs ignore such files).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pickle
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .atomic import TMP_MARK
+from .batch import BatchItem, BatchReport, FileSteps, Job, read_input, run_steps
+from .errors import CtsrError, InvalidInputError, MissingDependencyError
+from .plan import is_listed, jobs_for, plan_jobs
+from .progress import ProgressCallback, emit
+from .tmap import TMap
+
+__all__ = ["quiet_ray_logs", "upscale_dataset"]
+
+logger = logging.getLogger(__name__)
+
+TEST_EXIT_FILE = "CTSR_TEST_RAY_EXIT_FILE"
+"""Test-only: an environment variable naming a file. While that file exists, the first actor to
+finish a file deletes it and exits at once (``os._exit``), as a worker that crashes mid-batch; the
+test then checks that Ray's restart and retry finish the run without duplicate or partial outputs."""
+
+_FORWARDED = ("CTSR_CPU_FAST", "CTSR_OFFLINE", "HF_HUB_OFFLINE", "CTSR_VERBOSITY", TEST_EXIT_FILE)
+"""Environment variables that change what an actor does, passed on from the driver (paths such as
+``CTSR_HOME`` are not: they belong to each node)."""
+
+_MAX_BLOCKS = 4096
+"""At most this many blocks for a planned run (a block is the unit Ray Data hands to an actor)."""
+
+
+_RAY_LOG_LEVEL = [logging.WARNING]
+"""The level of Ray's own loggers when :func:`upscale_dataset` starts Ray (:func:`quiet_ray_logs` raises it)."""
+
+
+def quiet_ray_logs() -> None:
+    """Keep Ray's progress bars, notices and warnings off the terminal (the CLI draws its own progress
+    and summary; Ray's errors still show)."""
+    ray = _import_ray()
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    _RAY_LOG_LEVEL[0] = logging.ERROR
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _import_ray() -> Any:
+    """``ray`` with Ray Data, or :class:`MissingDependencyError` naming the extra."""
+    try:
+        import ray
+        import ray.data  # Ray Data needs pyarrow and more: the `data` extra of ray
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"running on Ray (`--ray`, `ctsr_infer.distributed`) needs Ray Data ({exc.name or 'ray'} is missing); "
+            "install it with `pip install 'ctsr-infer[ray]'`."
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class _RunConfig:
+    """What every actor needs to load the model and run the steps (pickled to each actor)."""
+
+    model: str | None
+    base: str | None
+    device: str
+    dtype: str
+    compile: bool
+    threads: int | None
+    ts: list[float | TMap] | None
+    overwrite: bool
+    quality: int | None
+    png_level: int | None
+    keep_metadata: bool
+    batch_size: int
+    options: dict[str, Any] = field(default_factory=dict)
+    filesystem: Any = None
+    """A pyarrow FileSystem the sources are read from (None: local paths, read as the folder runner does)."""
+    environment: dict[str, str] = field(default_factory=dict)
+    """The driver's values of :data:`_FORWARDED`, set in each actor."""
+
+    def load(self) -> Any:
+        from .pipeline import load
+
+        os.environ.update(self.environment)
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        return load(self.model, base=self.base, device=self.device, dtype=self.dtype, compile=self.compile)
+
+    def steps(self, upscaler: Any, read: Callable[[Job], Any] | None = None) -> FileSteps:
+        return FileSteps(upscaler, ts=self.ts, overwrite=self.overwrite, quality=self.quality, png_level=self.png_level,
+                         keep_metadata=self.keep_metadata, read=read, **self.options)
+
+
+def _decode_bytes(payload: bytes, source: Path) -> Any:
+    """Decode an encoded file the folder runner's way: through a private temporary file of the same
+    name (16-bit PNG and TIFF readers and the animation reader take files). Errors name ``source``."""
+    with tempfile.TemporaryDirectory(prefix="ctsr-ray-") as folder:
+        path = Path(folder) / (source.name or "input")
+        path.write_bytes(payload)
+        try:
+            return read_input(path)
+        except CtsrError as exc:
+            raise type(exc)(str(exc).replace(str(path), str(source))) from None
+
+
+class _UpscaleActor:
+    """One Ray Data actor: the model loaded once, then :func:`run_steps` on every batch it is given.
+
+    A batch is a pyarrow table of rows ``index``, ``source``, ``outputs`` (and ``bytes`` for a Dataset
+    source); the result has one report row per input row.
+    """
+
+    def __init__(self, config: _RunConfig, plan: Any = None) -> None:
+        import ray
+
+        self.config = config
+        self.plan: dict[str, tuple[int, list[str]]] | None = ray.get(plan) if isinstance(plan, ray.ObjectRef) else plan
+        self.payloads: dict[Job, bytes] = {}
+        self.refused: bytes | None = None
+        """The pickled error when the model or the options are refused: returned with every row, and
+        raised by the driver as it is (a usage or environment error, not a failure per file)."""
+        try:
+            self.upscaler = config.load()
+            self.steps = config.steps(self.upscaler, read=self._read)
+        except CtsrError as exc:
+            self.refused = pickle.dumps(exc)
+
+    def _read(self, job: Job) -> Any:
+        payload = self.payloads.pop(job, None)
+        if payload is None and self.config.filesystem is not None:
+            with self.config.filesystem.open_input_file(str(job.source)) as handle:
+                payload = handle.readall()
+        return read_input(job.source) if payload is None else _decode_bytes(payload, job.source)
+
+    def __call__(self, batch: Any) -> Any:
+        import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+        rows = batch.to_pylist()
+        if self.refused is not None:  # nothing is read or written
+            return pa.Table.from_pylist([{"index": -1, "status": "failed", "refused": self.refused}], schema=_result_schema())
+        if self.plan is not None:  # a Dataset's rows: path and bytes
+            for row in rows:
+                row["source"] = str(row["path"])
+                row["index"], row["outputs"] = self.plan[row["source"]]
+        jobs = [Job(Path(row["source"]), tuple(Path(p) for p in row["outputs"])) for row in rows]
+        for job, row in zip(jobs, rows, strict=True):
+            if row.get("bytes") is not None:
+                self.payloads[job] = row["bytes"]
+        try:
+            report = run_steps(self.steps, jobs, batch_size=self.config.batch_size, on_item=_test_exit_hook)
+        finally:
+            for job in jobs:
+                self.payloads.pop(job, None)
+        return pa.Table.from_pylist(
+            [{"index": row["index"], "status": item.status, "error": item.error, "seconds": item.seconds, "model": self.upscaler.name}
+             for row, item in zip(rows, report.items, strict=True)],
+            schema=_result_schema(),
+        )
+
+
+def _result_schema() -> Any:
+    """The actors' result rows: a report row per file, or one row carrying a refusal."""
+    import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    return pa.schema([("index", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("seconds", pa.float64()),
+                      ("model", pa.string()), ("refused", pa.binary())])
+
+
+def _test_exit_hook(item: BatchItem) -> None:
+    """See :data:`TEST_EXIT_FILE`: exit once, mid-batch, right after a file was written."""
+    flag = os.environ.get(TEST_EXIT_FILE)
+    if not flag or item.status != "ok":
+        return
+    try:
+        os.unlink(flag)  # only one process can delete it: one crash per file created
+    except FileNotFoundError:
+        return
+    os._exit(1)
+
+
+# -- planning ---------------------------------------------------------------------------------
+
+
+def _is_uri(value: object) -> bool:
+    return isinstance(value, str) and "://" in value and not Path(value).exists()
+
+
+def _pyarrow_filesystem(filesystem: Any) -> Any:
+    """A pyarrow FileSystem from a pyarrow or an fsspec file system."""
+    import pyarrow.fs as pafs  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    if isinstance(filesystem, pafs.FileSystem):
+        return filesystem
+    if hasattr(filesystem, "open") and hasattr(filesystem, "ls"):  # fsspec
+        return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
+    raise InvalidInputError(f"`filesystem` must be a pyarrow.fs.FileSystem or an fsspec file system, got {type(filesystem).__name__}.")
+
+
+def _plan_filesystem(source: str, filesystem: Any, output: Path, *, ts: Any, recursive: bool, fmt: str | None,
+                     suffix: str) -> tuple[list[Job], Any]:
+    """Jobs for a folder or file on another file system (``s3://bucket/folder``, or a path in
+    ``filesystem``): listed and named as a local folder run would, read by the actors."""
+    import pyarrow.fs as pafs  # type: ignore[import-untyped,import-not-found,unused-ignore]
+
+    if filesystem is None:
+        try:
+            filesystem, root = pafs.FileSystem.from_uri(source)
+        except (ValueError, OSError) as exc:
+            raise InvalidInputError(f"`source` {source!r} is not a folder pyarrow can open ({exc}).") from None
+    else:
+        filesystem, root = _pyarrow_filesystem(filesystem), source
+    info = filesystem.get_file_info(root)
+    if info.type == pafs.FileType.File:
+        listed = [(Path(root), Path(PurePosixPath(root).name))]
+    elif info.type == pafs.FileType.Directory:
+        found = filesystem.get_file_info(pafs.FileSelector(root, recursive=recursive))
+        top = PurePosixPath(root)
+        relative = sorted((str(PurePosixPath(i.path).relative_to(top)), i.path) for i in found if i.type == pafs.FileType.File)
+        listed = [(Path(path), Path(rel)) for rel, path in relative if is_listed(PurePosixPath(rel))]
+    else:
+        raise InvalidInputError(f"`source` {source!r} does not exist.")
+    return jobs_for(listed, output, ts=ts, fmt=fmt, suffix=suffix), filesystem
+
+
+def _plan_dataset(dataset: Any, output: Path, *, ts: Any, fmt: str | None, suffix: str) -> list[Job]:
+    """Jobs for a Ray Dataset of encoded files: named after its ``path`` column, mirrored from the
+    paths' common folder (as a recursive folder run would). Reading the paths runs the dataset once."""
+    columns = set(dataset.columns() or [])
+    if not {"path", "bytes"} <= columns:
+        raise InvalidInputError(
+            f"a Dataset `source` needs a `path` and a `bytes` column (the encoded file), got {sorted(columns)}; "
+            "make it with ray.data.read_binary_files(paths, include_paths=True)."
+        )
+    paths = [str(row["path"]) for row in dataset.select_columns(["path"]).iter_rows()]
+    if len(set(paths)) != len(paths):
+        twice = sorted({p for p in paths if paths.count(p) > 1})
+        raise InvalidInputError(f"the Dataset `source` lists `{twice[0]}` more than once; each file once, please.")
+    if not paths:
+        return []
+    top = PurePosixPath(os.path.commonpath([str(PurePosixPath(p).parent) for p in paths]))
+    listed = sorted((str(PurePosixPath(p).relative_to(top)), p) for p in paths)
+    return jobs_for([(Path(p), Path(rel)) for rel, p in listed], output, ts=ts, fmt=fmt, suffix=suffix)
+
+
+def _sweep_temporaries(items: Sequence[BatchItem], *, since: float) -> None:
+    """Remove the temporary files a dead attempt left beside outputs that are now complete: for each
+    ok or skipped file, ``.<output name>.<random>.ctsr-tmp`` made since the run started (a worker
+    killed mid-write cannot remove its own). Outputs themselves are never touched; each output
+    folder is listed once; a folder the driver cannot see (not mounted here) is left alone."""
+    complete: dict[Path, set[str]] = {}
+    for item in items:
+        if item.status != "failed":
+            for output in item.outputs:
+                complete.setdefault(output.parent, set()).add(output.name)
+    removed = 0
+    for folder, names in complete.items():
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            if not (name.startswith(".") and name.endswith(TMP_MARK)):
+                continue
+            target = name[1 : -len(TMP_MARK)].rpartition(".")[0]  # .<name>.<random>.ctsr-tmp
+            try:
+                if target in names and entry.stat().st_mtime >= since - 1:
+                    Path(entry.path).unlink(missing_ok=True)
+                    removed += 1
+            except OSError:
+                continue
+    if removed:
+        logger.info("removed %d temporary file(s) left by workers that died mid-write", removed)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _pool(ray: Any, *, num_workers: int | None, concurrency: int | tuple[int, int] | None,
+          num_gpus_per_worker: float | None, num_cpus_per_worker: float | None) -> tuple[Any, float, float]:
+    """The actor pool strategy and each actor's CPUs and GPUs: GPU actors (one GPU each, one actor
+    per GPU by default) where the cluster has GPUs, CPU actors otherwise (the CPUs shared out)."""
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    cpus = float(resources.get("CPU", 1))
+    per_gpu = (1.0 if gpus else 0.0) if num_gpus_per_worker is None else float(num_gpus_per_worker)
+    if per_gpu > 0 and gpus < per_gpu:
+        raise InvalidInputError(f"`num_gpus_per_worker` is {per_gpu:g}, but the Ray cluster has {gpus:g} GPUs; "
+                                "use 0 (CPU workers) or connect to a cluster with GPUs (--ray-address).")
+    if isinstance(concurrency, tuple):
+        strategy = ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+        most = concurrency[1]
+    else:
+        if concurrency is not None:
+            size = concurrency
+        elif num_workers is not None:
+            size = num_workers
+        elif per_gpu > 0:
+            size = max(1, int(gpus // per_gpu))
+        else:
+            size = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+        strategy = ray.data.ActorPoolStrategy(size=size)
+        most = size
+    if num_cpus_per_worker is not None:
+        per_cpu = float(num_cpus_per_worker)
+    elif per_gpu > 0:
+        per_cpu = 1.0  # the GPU computes; one core decodes and encodes
+    else:
+        per_cpu = float(max(1, math.floor(cpus / most)))  # the cluster's cores shared out among the actors
+    return strategy, per_cpu, per_gpu
+
+
+def _whole(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value >= 1
+
+
+def _check_arguments(*, batch_size: Any, num_workers: Any, concurrency: Any, num_gpus_per_worker: Any,
+                     num_cpus_per_worker: Any, output: Any) -> None:
+    if not _whole(batch_size):
+        raise InvalidInputError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
+    if num_workers is not None and concurrency is not None:
+        raise InvalidInputError("give `num_workers` (a fixed pool) or `concurrency` (a fixed size, or (min, max) to "
+                                "autoscale), not both.")
+    if num_workers is not None and not _whole(num_workers):
+        raise InvalidInputError(f"`num_workers` must be an integer >= 1, got {num_workers!r}.")
+    pair = isinstance(concurrency, tuple) and len(concurrency) == 2 and all(_whole(v) for v in concurrency)
+    if concurrency is not None and not _whole(concurrency) and not (pair and concurrency[0] <= concurrency[1]):
+        raise InvalidInputError(f"`concurrency` must be an integer >= 1 or a (min, max) pair with 1 <= min <= max, got {concurrency!r}.")
+    for name, value in (("num_gpus_per_worker", num_gpus_per_worker), ("num_cpus_per_worker", num_cpus_per_worker)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf):
+            raise InvalidInputError(f"`{name}` must be a number >= 0, got {value!r}.")
+    if num_cpus_per_worker is not None and num_cpus_per_worker == 0 and not num_gpus_per_worker:
+        raise InvalidInputError("`num_cpus_per_worker` must be > 0 for CPU workers (num_gpus_per_worker 0), got 0.")
+    if _is_uri(str(output)):
+        raise InvalidInputError(f"`output` {str(output)!r} must be a folder path every worker can write (local, or a shared "
+                                "mount such as NFS): outputs are written atomically by a rename, which object stores lack.")
+
+
+def _plan(ray: Any, source: Any, output: Path, *, filesystem: Any, ts: list[float | TMap] | None, recursive: bool,
+          fmt: str | None, suffix: str) -> tuple[list[Job], Any, Any]:
+    """(jobs, the file system the actors read from or None, the Dataset source or None)."""
+    if isinstance(source, ray.data.Dataset):
+        return _plan_dataset(source, output, ts=ts, fmt=fmt, suffix=suffix), None, source
+    if filesystem is not None or _is_uri(source):
+        if not isinstance(source, (str, os.PathLike)):
+            raise InvalidInputError("with `filesystem` (or a URI) `source` is one folder or file, not a list.")
+        jobs, fs = _plan_filesystem(str(source), filesystem, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
+        return jobs, fs, None
+    inputs = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
+    return plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix), None, None
+
+
+def upscale_dataset(
+    source: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | Any,
+    output: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    t: float | TMap | Sequence[float | TMap] | None = None,
+    scale: float | None = None,
+    base: str | os.PathLike[str] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    compile: bool = False,
+    threads: int | None = None,
+    recursive: bool = False,
+    fmt: str | None = None,
+    suffix: str = "",
+    overwrite: bool = False,
+    quality: int | None = None,
+    png_level: int | None = None,
+    keep_metadata: bool = False,
+    num_workers: int | None = None,
+    concurrency: int | tuple[int, int] | None = None,
+    num_gpus_per_worker: float | None = None,
+    num_cpus_per_worker: float | None = None,
+    batch_size: int = 1,
+    filesystem: Any = None,
+    address: str | None = None,
+    report: str | os.PathLike[str] | None = None,
+    on_item: Callable[[BatchItem], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+    **options: Any,
+) -> BatchReport:
+    """Upscale a folder, files, or a Ray Dataset of images on a Ray cluster, as ``ctsr upscale`` does
+    on one machine: the same output names, skip-existing with the settings check, settings record,
+    atomic writes and per-file failures (see :mod:`ctsr_infer.distributed`).
+
+    Args:
+        source: local files and folders (as :func:`~ctsr_infer.plan.plan_jobs` takes them); a folder or
+            file on another file system, as a URI pyarrow opens (``s3://bucket/photos``, ``gs://...``,
+            ``file:///...``) or a path in ``filesystem``; or a ``ray.data.Dataset`` with a ``path``
+            and a ``bytes`` column (``ray.data.read_binary_files(paths, include_paths=True)``), whose
+            outputs mirror the paths below their common folder (planning reads its paths: one pass
+            over the dataset).
+        output: the output folder; every worker must be able to write it (local on one machine, a
+            shared mount on a cluster).
+        model, base, device, dtype, compile, threads: as :func:`ctsr_infer.load`, in each actor (a model
+            file must exist on every node; ``threads`` defaults to a CPU actor's CPUs).
+        t, scale, **options: as ``Upscaler.upscale``; a list of t writes one ``_t0.50`` file per value.
+        recursive, fmt, suffix, overwrite, quality, png_level, keep_metadata: as ``ctsr upscale``.
+        num_workers: actors in a fixed pool; or ``concurrency``: a fixed size, or (min, max) to
+            autoscale. Default: one actor per GPU (per ``num_gpus_per_worker``), else one per node.
+        num_gpus_per_worker: GPUs per actor; default 1 where the cluster has GPUs, else 0 (CPU actors).
+        num_cpus_per_worker: CPUs per actor; default 1 for GPU actors, else the cluster's CPUs shared
+            out among the actors.
+        batch_size: files per actor call; of these, small ones of equal size share one network call
+            (as ``--batch-size``; 1, the default, writes the same bytes as a folder run's default).
+        filesystem: a pyarrow or fsspec file system holding ``source``.
+        address: the cluster, when Ray is not initialised yet: ``auto`` (a running one),
+            ``ray://host:10001``, or None (``RAY_ADDRESS``, else a local cluster started for this
+            run and stopped after it).
+        report: also write the report here: ``.json`` (counts and rows) or ``.parquet`` (rows).
+        on_item: called on the driver with each file's :class:`BatchItem` as it finishes (any order).
+        on_progress: receives ``file`` events (files done, of the total) on the driver.
+
+    Returns:
+        The :class:`~ctsr_infer.batch.BatchReport`, one item per input in plan order, with the
+        model's name in ``model``.
+
+    Raises:
+        MissingDependencyError: Ray Data is not installed (the ``ray`` extra).
+        InvalidInputError: a bad argument, plan, model option or worker count; raised before any
+            file is read or written.
+    """
+    # 1. check the arguments and plan every output before anything runs
+    ray = _import_ray()
+    _check_arguments(batch_size=batch_size, num_workers=num_workers, concurrency=concurrency,
+                     num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker, output=output)
+    ts: list[float | TMap] | None
+    if t is None:
+        ts = None
+    elif isinstance(t, (int, float, TMap)):
+        ts = [t]
+    else:
+        ts = list(t)
+    if scale is not None:
+        options["scale"] = scale
+    output = Path(output)
+    jobs, fs, dataset = _plan(ray, source, output, filesystem=filesystem, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
+    if not jobs:
+        return BatchReport()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level=_RAY_LOG_LEVEL[0])
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            where = f"at `address` {address!r}" if address else "(RAY_ADDRESS, or a new local one)"
+            raise InvalidInputError(f"cannot start or reach a Ray cluster {where}: {exc}; give `auto` for a running "
+                                    "cluster (`ray start --head`), ray://HOST:10001 for a remote one, or nothing for a local one.") from None
+    items: dict[int, BatchItem] = {}
+    name: str | None = None
+    started_at = time.time()
+    try:
+        # 2. the actors' resources
+        strategy, per_cpu, per_gpu = _pool(ray, num_workers=num_workers, concurrency=concurrency,
+                                           num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker)
+        plan = {str(job.source): (i, [str(p) for p in job.outputs]) for i, job in enumerate(jobs)} if dataset is not None else None
+        config = _RunConfig(
+            model=None if model is None else str(model), base=None if base is None else str(base), device=device,
+            dtype=dtype, compile=compile, threads=threads if threads is not None or per_gpu > 0 else max(1, int(per_cpu)),
+            ts=ts, overwrite=overwrite, quality=quality, png_level=png_level, keep_metadata=keep_metadata,
+            batch_size=batch_size, options=options, filesystem=fs,
+            environment={name: os.environ[name] for name in _FORWARDED if name in os.environ},
+        )
+        # 3. stream small rows through the actor pool, and the report rows back
+        if dataset is None:
+            rows = [{"index": i, "source": str(job.source), "outputs": [str(p) for p in job.outputs]} for i, job in enumerate(jobs)]
+            stream = ray.data.from_items(rows, override_num_blocks=min(_MAX_BLOCKS, math.ceil(len(rows) / batch_size)))
+        else:
+            stream = dataset.select_columns(["path", "bytes"])
+        results = stream.map_batches(
+            _UpscaleActor, fn_constructor_kwargs={"config": config, "plan": None if plan is None else ray.put(plan)},
+            batch_size=batch_size, batch_format="pyarrow", compute=strategy, num_cpus=per_cpu, num_gpus=per_gpu or None,
+        )
+        emit(on_progress, "file", 0, len(jobs))
+        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for row in batch.to_pylist():
+                if row["refused"] is not None:  # the model or the options, refused where the actors run
+                    raise pickle.loads(row["refused"])  # written by this run's own actors
+                name = row["model"]
+                index = int(row["index"])
+                if index in items:  # a retried batch may report again: the first report stands
+                    continue
+                job = jobs[index]
+                items[index] = BatchItem(job.source, job.outputs, row["status"], row["error"], float(row["seconds"]))
+                if on_item is not None:
+                    on_item(items[index])
+                emit(on_progress, "file", len(items), len(jobs))
+    finally:
+        if started:
+            ray.shutdown()
+    _sweep_temporaries([items[i] for i in sorted(items)], since=started_at)
+    for index, job in enumerate(jobs):  # never expected: Ray returns every row or raises
+        items.setdefault(index, BatchItem(job.source, job.outputs, "failed", "no result came back from the Ray cluster"))
+    result = BatchReport(items=[items[index] for index in range(len(jobs))], model=name)
+    if report is not None:
+        result.write(report)
+    return result
