@@ -500,7 +500,7 @@ def upscale_dataset(
             dtype=dtype, compile=compile, threads=threads if threads is not None or per_gpu > 0 else max(1, int(per_cpu)),
             ts=ts, overwrite=overwrite, quality=quality, png_level=png_level, keep_metadata=keep_metadata,
             batch_size=batch_size, options=options, filesystem=fs,
-            environment={name: os.environ[name] for name in _FORWARDED if name in os.environ},
+            environment={variable: os.environ[variable] for variable in _FORWARDED if variable in os.environ},
         )
         # 3. stream small rows through the actor pool, and the report rows back
         if dataset is None:
