@@ -317,9 +317,11 @@ def _sweep_temporaries(items: Sequence[BatchItem], *, since: float) -> None:
 
 
 def _pool(ray: Any, *, num_workers: int | None, concurrency: int | tuple[int, int] | None,
-          num_gpus_per_worker: float | None, num_cpus_per_worker: float | None) -> tuple[Any, float, float]:
+          num_gpus_per_worker: float | None, num_cpus_per_worker: float | None, reads: bool) -> tuple[Any, float, float]:
     """The actor pool strategy and each actor's CPUs and GPUs: GPU actors (one GPU each, one actor
-    per GPU by default) where the cluster has GPUs, CPU actors otherwise (the CPUs shared out)."""
+    per GPU by default) where the cluster has GPUs, CPU actors otherwise (the CPUs shared out).
+    ``reads``: the source is a Dataset whose read tasks need a CPU of their own, so by default the
+    actors leave one CPU of the cluster free (else they would hold every CPU and the reads wait forever)."""
     resources = ray.cluster_resources()
     gpus = float(resources.get("GPU", 0))
     cpus = float(resources.get("CPU", 1))
@@ -347,6 +349,8 @@ def _pool(ray: Any, *, num_workers: int | None, concurrency: int | tuple[int, in
         per_cpu = 1.0  # the GPU computes; one core decodes and encodes
     else:
         per_cpu = float(max(1, math.floor(cpus / most)))  # the cluster's cores shared out among the actors
+    if reads and num_cpus_per_worker is None and per_cpu * most > cpus - 1:
+        per_cpu = max(0.0, (cpus - 1) / most)
     return strategy, per_cpu, per_gpu
 
 
@@ -442,7 +446,7 @@ def upscale_dataset(
             autoscale. Default: one actor per GPU (per ``num_gpus_per_worker``), else one per node.
         num_gpus_per_worker: GPUs per actor; default 1 where the cluster has GPUs, else 0 (CPU actors).
         num_cpus_per_worker: CPUs per actor; default 1 for GPU actors, else the cluster's CPUs shared
-            out among the actors.
+            out among the actors (for a Dataset source, one CPU is left to its read tasks).
         batch_size: files per actor call; of these, small ones of equal size share one network call
             (as ``--batch-size``; 1, the default, writes the same bytes as a folder run's default).
         filesystem: a pyarrow or fsspec file system holding ``source``.
@@ -493,7 +497,8 @@ def upscale_dataset(
     try:
         # 2. the actors' resources
         strategy, per_cpu, per_gpu = _pool(ray, num_workers=num_workers, concurrency=concurrency,
-                                           num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker)
+                                           num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker,
+                                           reads=dataset is not None)
         plan = {str(job.source): (i, [str(p) for p in job.outputs]) for i, job in enumerate(jobs)} if dataset is not None else None
         config = _RunConfig(
             model=None if model is None else str(model), base=None if base is None else str(base), device=device,

@@ -147,7 +147,7 @@ def test_a_dataset_of_encoded_files_as_the_source(cluster: None, folder: Path, r
     _, expected = reference
     picked = [folder / "deep16.png", folder / "alpha.png", folder / "gray.jpg", folder / "broken.png"]
     dataset = ray.data.read_binary_files([str(p) for p in picked], include_paths=True)
-    report = upscale_dataset(dataset, tmp_path / "out", model="ctsr-lite", num_workers=WORKERS, num_cpus_per_worker=0.5)
+    report = upscale_dataset(dataset, tmp_path / "out", model="ctsr-lite", num_workers=WORKERS)  # one CPU left to the reads
     assert {i.source.name: i.status for i in report.items} == {"alpha.png": "ok", "broken.png": "failed", "deep16.png": "ok", "gray.jpg": "ok"}
     assert f"`{folder / 'broken.png'}`" in str(report.failed[0].error)  # not a temporary copy's name
     assert _files(tmp_path / "out") == {name: expected[name] for name in ("alpha.png", "deep16.png", "gray.png")}
