@@ -17,6 +17,7 @@ so going back to a t costs nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -27,10 +28,11 @@ import torch
 from PIL import Image
 
 from .device import NonFinite
+from .errors import InvalidInputError
 from .image import ImageData, fill_transparent, resize_lanczos, to_numpy, to_pil
 from .options import UpscaleOptions
 from .progress import ProgressCallback
-from .tmap import TMap, TValue
+from .tmap import TMap, TValue, is_map_like
 
 if TYPE_CHECKING:
     from .faces import Face
@@ -54,7 +56,10 @@ class RenderTiming:
 class PreparedImage:
     """An image made ready for many t values by :meth:`ctsr_infer.Upscaler.prepare`.
 
-    Thread-safe: renders take the upscaler's lock for their network part."""
+    Thread-safe: renders of one prepared image take turns, and take the upscaler's lock for their
+    network part. Memory: the rendered outputs kept (:attr:`cache_bytes`) plus what the family keeps
+    (for ``native``/``blend``: up to 4 full-size float32 network outputs; for SD students the latents and
+    the full-size upsampled input)."""
 
     cache_bytes = 512 * 2**20
     """Rendered outputs kept for going back to a t (float32 pixels; at least the last one is kept)."""
@@ -76,6 +81,8 @@ class PreparedImage:
         self._rendered: OrderedDict[Any, list[ImageData]] = OrderedDict()
         self._state: Prepared | None = None
         self._faces: list[Face] | None = None
+        self._lock = threading.RLock()
+        """Renders of one prepared image take turns (its caches are not shared-safe)."""
         start = time.perf_counter()
         try:
             with upscaler._lock, torch.inference_mode():
@@ -92,11 +99,18 @@ class PreparedImage:
                on_progress: ProgressCallback | None = None) -> Image.Image | np.ndarray:
         """The output at ``t`` (a number, a t map or None for the model's default), as
         :meth:`ctsr_infer.Upscaler.upscale` returns it for this image and these options."""
+        if t is not None and not is_map_like(t) and (isinstance(t, bool) or not isinstance(t, (int, float))):
+            raise InvalidInputError(f"`t` for `render` must be one number or one t map; for several use `render_data`. Got {t!r}.")
         (out,) = self.render_data(t, on_progress=on_progress)
         return to_numpy(out) if self.data.source == "numpy" else to_pil(out)
 
     def render_data(self, t: Any = None, *, on_progress: ProgressCallback | None = None) -> list[ImageData]:
-        """Low-level: one :class:`ImageData` per t (``t`` may be a list), bit depth kept."""
+        """Low-level: one :class:`ImageData` per t (``t`` may be a list), bit depth kept. The results
+        are the kept ones: read them, do not modify them in place."""
+        with self._lock:
+            return self._render_data(t, on_progress)
+
+    def _render_data(self, t: Any, on_progress: ProgressCallback | None) -> list[ImageData]:
         start = time.perf_counter()
         upscaler = self.upscaler
         ts, _ = upscaler.check_options(t, **self._options)

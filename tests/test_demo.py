@@ -126,3 +126,57 @@ def test_cli_serve_checks_its_options() -> None:
     assert result.exit_code == 2 and "--share" in result.output
     result = CliRunner().invoke(app, ["serve", "--max-input-mp", "0"])
     assert result.exit_code == 2 and "--max-input-mp" in result.output
+
+
+def test_a_painting_of_another_image_and_a_vanished_upload(bench: Workbench, lite: ctsr_infer.Upscaler, tmp_path: Path) -> None:
+    path = _save(_photo(40, 56, seed=1), tmp_path / "a.png")
+    other = _photo(40, 56, seed=2)  # same size and aspect: only the background tells them apart
+    mask = np.zeros((40, 56), bool)
+    mask[8:24, 10:30] = True
+    stale = bench.view(path, lite.name, t=1.0, mask=mask, painted_on=np.dstack([other, np.full((40, 56), 255, np.uint8)]), painted_t=0.0)
+    assert stale.t_map is None
+    current = bench.view(path, lite.name, t=1.0, mask=mask, painted_on=_photo(40, 56, seed=1), painted_t=0.0)
+    assert current.t_map is not None
+    path.unlink()
+    with pytest.raises(InvalidInputError, match="upload it again"):
+        bench.view(path, lite.name, t=0.5)
+
+
+def test_bad_calls_get_clear_errors(bench: Workbench, lite: ctsr_infer.Upscaler, tmp_path: Path) -> None:
+    path = _save(_photo(24, 32), tmp_path / "a.png")
+    ready = lite.prepare(path)
+    with pytest.raises(InvalidInputError, match="`t` for `render`"):
+        ready.render([0.2, 0.4])  # type: ignore[arg-type]
+    saved = bench.save(path, lite.name, t=None)  # the model's default t
+    assert saved.name == f"a_{lite.name}_t0.50.png"
+    assert np.array_equal(np.asarray(Image.open(saved)), np.asarray(lite.upscale(path)))
+
+
+def test_every_listener_shares_one_queue(lite: ctsr_infer.Upscaler, tmp_path: Path) -> None:
+    pytest.importorskip("gradio")
+    from ctsr_infer.demo import build_app
+    from ctsr_infer.demo.page import QUEUE
+
+    app = build_app(lite, models=[lite.name], outputs=tmp_path)
+    ids = {fn.concurrency_id for fn in app.fns.values() if fn.name not in ("<lambda>",)}
+    limits = {fn.concurrency_limit for fn in app.fns.values()}
+    assert ids == {QUEUE} and limits <= {1, "default"}
+
+
+def test_cli_serve_refuses_a_busy_port_before_loading() -> None:
+    pytest.importorskip("gradio")
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 2 and "--port" in result.output and "Traceback" not in result.output
+
+
+def test_cli_eval_refuses_to_replace_a_file_before_running(tmp_path: Path) -> None:
+    existing = tmp_path / "grid.png"
+    existing.write_bytes(b"mine")
+    result = CliRunner().invoke(app, ["eval", "--model", "ctsr-lite", "--data", str(tmp_path / "nowhere"), "--grid", str(existing)])
+    assert result.exit_code == 2 and "--overwrite" in result.output and existing.read_bytes() == b"mine"

@@ -29,10 +29,17 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report (protocol, per image, means) here.")] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write the knob curve (PSNR-Y against t, baselines as lines) here.")] = None,
     grid: Annotated[Path | None, typer.Option("--grid", help="Write a crop grid (each method and t on the first 4 images) here (PNG).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing --json/--plot/--grid files.")] = False,
 ) -> None:
     """PSNR and SSIM (RGB and Y, border = scale, 8-bit outputs) per image and on average."""
     from ..atomic import atomic_write
+    from ..errors import InvalidInputError
     from ..evaluation import crop_grid, evaluate as run, evaluate_folders, plot_curve
+
+    existing = [f"{flag} {path}" for flag, path in (("--json", json_path), ("--plot", plot), ("--grid", grid))
+                if path is not None and path.exists()]
+    if existing and not overwrite:  # refused before the run, not after it
+        raise InvalidInputError(f"{', '.join(existing)} already exist(s); pick other names or add --overwrite.")
 
     if folders:
         if len(folders) != 2 or data is not None or model is not None or t is not None:

@@ -51,6 +51,9 @@ def serve(upscaler: Upscaler | None = None, *, models: Sequence[str] | None = No
     if not 0 < port < 65536:
         raise InvalidInputError(f"`port` (--port) must be in 1..65535, got {port}.")
     app = build_app(upscaler, models=models, limits=limits, outputs=outputs, device=device, dtype=dtype)
-    app.launch(server_name=host, server_port=port, share=share, max_file_size=limits.max_upload_bytes,
-               prevent_thread_lock=not block, quiet=not block, show_error=True)
+    try:
+        app.launch(server_name=host, server_port=port, share=share, max_file_size=limits.max_upload_bytes,
+                   prevent_thread_lock=not block, quiet=not block, show_error=True)
+    except OSError as error:  # Gradio's message names its environment variable, not our flag
+        raise InvalidInputError(f"cannot listen on {host}:{port} ({error.strerror or 'in use'}); pick another `--port`.") from None
     return app

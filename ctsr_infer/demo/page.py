@@ -2,7 +2,7 @@
 map, download. All work is :class:`~ctsr_infer.demo.workbench.Workbench`'s; this module lays it out
 and turns library errors into the page's error messages.
 
-Requests are queued one at a time (``default_concurrency_limit=1``): ``Upscaler`` is thread-safe,
+Requests are queued one at a time (one queue for every listener, ``concurrency_id``, limit 1): ``Upscaler`` is thread-safe,
 but on one model concurrent requests would only take turns for the network while holding memory.
 """
 
@@ -24,12 +24,17 @@ if TYPE_CHECKING:
 __all__ = ["build_page"]
 
 COMPARE = {"bicubic vs output": "bicubic", "t (other) vs t": "t"}
+QUEUE = "ctsr"
+"""Every listener's queue: Gradio's concurrency limit applies per queue, so one shared queue with a
+limit of 1 runs the page's requests one at a time."""
 
 
-def _mask(editor: Any) -> np.ndarray | None:
+def _mask(editor: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The painted mask and the background it was painted on (None, None: nothing painted)."""
     if not isinstance(editor, dict):
-        return None
-    return mask_from_layers(editor.get("layers"))
+        return None, None
+    background = editor.get("background")
+    return mask_from_layers(editor.get("layers")), background if isinstance(background, np.ndarray) else None
 
 
 class _Shown:
@@ -82,9 +87,10 @@ def build_page(bench: Workbench) -> gr.Blocks:
                faces: bool, zoom_x: float, zoom_y: float, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         if not path:
             return None, None, None, ""
+        mask, painted_on = _mask(editor)
         try:
             view = bench.view(path, model, t=t, compare=COMPARE.get(compare, "bicubic"), t_other=t_other,  # type: ignore[arg-type]
-                              mask=_mask(editor), painted_t=painted_t, faces=faces,
+                              mask=mask, painted_on=painted_on, painted_t=painted_t, faces=faces,
                               zoom=(zoom_x, zoom_y), on_progress=progress_hook(progress))
         except CtsrError as error:
             raise fail(error) from None
@@ -93,8 +99,9 @@ def build_page(bench: Workbench) -> gr.Blocks:
     def save(path: str | None, model: str, t: float, editor: Any, painted_t: float, faces: bool, fmt: str) -> str:
         if not path:
             raise fail(InvalidInputError("upload an image first."))
+        mask, painted_on = _mask(editor)
         try:
-            return str(bench.save(path, model, t=t, mask=_mask(editor), painted_t=painted_t, faces=faces, fmt=fmt))
+            return str(bench.save(path, model, t=t, mask=mask, painted_on=painted_on, painted_t=painted_t, faces=faces, fmt=fmt))
         except CtsrError as error:
             raise fail(error) from None
 
@@ -103,8 +110,9 @@ def build_page(bench: Workbench) -> gr.Blocks:
             chosen = bench.upscaler(model)
         except CtsrError as error:
             raise fail(error) from None
-        has_knob = chosen.knob.kind != "none"
-        return (gr.update(interactive=has_knob), gr.update(interactive=bench.takes_map(model)), bench.knob_note(model))
+        has_knob, takes = chosen.knob.kind != "none", bench.takes_map(model)
+        faces_update = gr.update(interactive=True) if takes else gr.update(interactive=False, value=False)
+        return (gr.update(interactive=has_knob), faces_update, bench.knob_note(model))
 
     def to_editor(path: str | None) -> Any:
         if not path:
@@ -154,10 +162,10 @@ def build_page(bench: Workbench) -> gr.Blocks:
         controls = [source, model, t, compare, t_other, editor, painted_t, faces, zoom_x, zoom_y]
         gr.on([source.change, model.change, t.change, compare.change, t_other.change, editor.change, painted_t.change,
                faces.change, zoom_x.change, zoom_y.change], update, controls, [slider, zoom, t_map, timing],
-              show_progress="minimal")
-        source.upload(to_editor, source, editor, show_progress="hidden")
-        model.change(on_model, model, [t, faces, knob_note], show_progress="hidden")
-        save_button.click(save, [source, model, t, editor, painted_t, faces, fmt], download)
+              show_progress="minimal", concurrency_id=QUEUE)
+        source.upload(to_editor, source, editor, show_progress="hidden", concurrency_id=QUEUE)
+        model.change(on_model, model, [t, faces, knob_note], show_progress="hidden", concurrency_id=QUEUE)
+        save_button.click(save, [source, model, t, editor, painted_t, faces, fmt], download, concurrency_id=QUEUE)
     return page.queue(default_concurrency_limit=1)
 
 

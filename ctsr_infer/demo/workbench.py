@@ -46,7 +46,7 @@ class Limits:
     """Upload limits of the page (a server for others must bound the work one request can cause)."""
 
     max_upload_bytes: int = 25 * 2**20
-    max_input_pixels: int = 4_000_000
+    max_input_pixels: int = 1_000_000
 
     def check_file(self, path: Path) -> None:
         size = path.stat().st_size
@@ -96,13 +96,17 @@ def available_models() -> list[str]:
 def display(data: ImageData, *, side: int = DISPLAY_SIDE) -> np.ndarray:
     """8-bit RGB for the page: the pixels as ``upscale`` quantises them for an 8-bit image, reduced
     (Lanczos) when the longest side is over ``side``."""
-    pixels = np.round(np.clip(data.pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
+    pixels = _to_u8(data.pixels)
     height, width = pixels.shape[:2]
     if max(height, width) <= side:
         return pixels
     factor = side / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+
+
+def _to_u8(pixels: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _zoom(pixels: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
@@ -151,23 +155,33 @@ class Workbench:
         if not self.models:
             raise InvalidInputError("`models` is empty: give the page at least one model.")
         self._prepared: OrderedDict[tuple[object, ...], PreparedImage] = OrderedDict()
+        self._bicubic: dict[tuple[object, ...], ImageData] = {}
         self._lock = threading.Lock()
+        self._loading = threading.Lock()
+        """Held while a model loads: two requests never load one model twice."""
 
     # -- models --------------------------------------------------------------------------------
 
     def upscaler(self, name: str) -> Upscaler:
         if name not in self.models:
             raise InvalidInputError(f"`model` {name!r} is not offered by this page; pick one of {self.models}.")
-        with self._lock:
-            if name in self._models:
-                self._models.move_to_end(name)
-                return self._models[name]
-        loaded = load(name, device=self.device, dtype=self.dtype)
-        with self._lock:
-            self._models[name] = loaded
-            for old in [m for m in self._models if m not in (name, self._pinned)][: max(0, len(self._models) - self.keep_models)]:
-                del self._models[old]
-        return loaded
+        with self._loading:
+            with self._lock:
+                if name in self._models:
+                    self._models.move_to_end(name)
+                    return self._models[name]
+            loaded = load(name, device=self.device, dtype=self.dtype)
+            with self._lock:
+                self._models[name] = loaded
+                for old in [m for m in self._models if m not in (name, self._pinned)][: max(0, len(self._models) - self.keep_models)]:
+                    del self._models[old]
+                    for key in [k for k in self._prepared if k[3] == old]:  # they hold the model: let it go
+                        self._drop(key)
+            return loaded
+
+    def _drop(self, key: tuple[object, ...]) -> None:
+        del self._prepared[key]
+        self._bicubic.pop(key, None)
 
     def knob_note(self, name: str) -> str:
         """One line on the model's knob for the page: what t does, and how a painted map applies."""
@@ -180,13 +194,20 @@ class Workbench:
         return f"`{name}`: knob `{kind}`, default t = {up.knob.default_t}. A painted map applies {how}."
 
     def takes_map(self, name: str) -> bool:
-        return self.upscaler(name).knob.kind in MAP_KINDS
+        """Whether painted maps and protected faces apply: a knob that takes t maps (``ctsr-flow``
+        with one Euler step)."""
+        knob = self.upscaler(name).knob
+        return knob.kind in MAP_KINDS and not (knob.kind == "ctsr-flow" and knob.steps != 1)
 
     # -- images --------------------------------------------------------------------------------
 
     def read(self, path: str | Path) -> ImageData:
         path = Path(path)
-        self.limits.check_file(path)
+        try:
+            self.limits.check_file(path)
+        except OSError:
+            raise InvalidInputError("the uploaded image is no longer on the server (uploads are kept for an hour); "
+                                    "upload it again.") from None
         data = read_image(path)
         self.limits.check_image(data)
         return data
@@ -194,9 +215,7 @@ class Workbench:
     def prepared(self, path: str | Path, model: str, *, faces: bool = False,
                  on_progress: ProgressCallback | None = None) -> PreparedImage:
         """The prepared image for this input, model and options (made on first use; the file is read once)."""
-        path = Path(path)
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, model, faces)
+        key = self._key(path, model, faces)
         with self._lock:
             if key in self._prepared:
                 self._prepared.move_to_end(key)
@@ -207,22 +226,45 @@ class Workbench:
         with self._lock:
             self._prepared[key] = ready
             while len(self._prepared) > self.keep_prepared:
-                self._prepared.popitem(last=False)
+                self._drop(next(iter(self._prepared)))
         return ready
 
+    def bicubic(self, path: str | Path, model: str, *, faces: bool = False) -> ImageData:
+        """The bicubic upsampling of the prepared input to the output size (the comparison's left side), kept."""
+        key = self._key(path, model, faces)
+        ready = self.prepared(path, model, faces=faces)
+        with self._lock:
+            found = self._bicubic.get(key)
+        if found is None:
+            found = replace(ready.data, pixels=resize_bicubic(ready.data.pixels, ready.size, bit_depth=ready.data.bit_depth), alpha=None)
+            with self._lock:
+                if key in self._prepared:
+                    self._bicubic[key] = found
+        return found
+
+    def _key(self, path: str | Path, model: str, faces: bool) -> tuple[object, ...]:
+        path = Path(path)
+        try:
+            stat = path.stat()
+        except OSError:
+            raise InvalidInputError("the uploaded image is no longer on the server (uploads are kept for an hour); "
+                                    "upload it again.") from None
+        return (str(path), stat.st_size, stat.st_mtime_ns, model, faces)
+
     def view(self, path: str | Path, model: str, *, t: float | None, compare: Compare = "bicubic", t_other: float = 1.0,
-             mask: np.ndarray | None = None, painted_t: float = 1.0, faces: bool = False,
+             mask: np.ndarray | None = None, painted_on: np.ndarray | None = None, painted_t: float = 1.0, faces: bool = False,
              zoom: tuple[float, float] = (0.5, 0.5), on_progress: ProgressCallback | None = None) -> View:
         """Everything the page shows for these controls. ``mask`` (h, w) bool marks painted pixels, at the
         image's size or another of its aspect ratio (one of another aspect ratio is a stale painting: ignored)."""
         start = time.perf_counter()
         up = self.upscaler(model)
         knob = up.knob.kind != "none"
+        faces = faces and self.takes_map(model)  # a checkbox left on from a model that takes maps
         first = not self._has(path, model, faces)
         ready = self.prepared(path, model, faces=faces, on_progress=on_progress)
         prepare_s = ready.prepare_seconds if first else 0.0
         t_value: float | np.ndarray | None = t if knob else None
-        mask = _current(mask, ready.data.size)
+        mask = _current(mask, ready.data, painted_on)
         t_map = paint_map(mask, float(t), painted_t) if knob and t is not None and mask is not None else None
         if t_map is not None:
             if not self.takes_map(model):
@@ -233,12 +275,10 @@ class Workbench:
         if compare == "t" and knob:
             (before,) = ready.render_data(t_other, on_progress=on_progress)
         else:
-            before = replace(after, pixels=resize_bicubic(ready.data.pixels, ready.size, bit_depth=ready.data.bit_depth))
+            before = self.bicubic(path, model, faces=faces)
         shown = time.perf_counter()
         after_px, before_px = display(after), display(before)
-        full_after = np.round(np.clip(after.pixels, 0, 1) * 255).astype(np.uint8)
-        full_before = np.round(np.clip(before.pixels, 0, 1) * 255).astype(np.uint8)
-        zoom_after, zoom_before = _zoom(full_after, zoom), _zoom(full_before, zoom)
+        zoom_after, zoom_before = (_to_u8(_zoom(side.pixels, zoom)) for side in (after, before))
         map_image = None if t_map is None else np.round(t_map * 255).astype(np.uint8)
         done = time.perf_counter()
         parts = []
@@ -250,23 +290,27 @@ class Workbench:
         parts.append(f"total {done - start:.2f} s")
         return View(before_px, after_px, zoom_before, zoom_after, map_image, " · ".join(parts))
 
-    def save(self, path: str | Path, model: str, *, t: float | None, mask: np.ndarray | None = None, painted_t: float = 1.0,
-             faces: bool = False, fmt: str = "png") -> Path:
+    def save(self, path: str | Path, model: str, *, t: float | None, mask: np.ndarray | None = None,
+             painted_on: np.ndarray | None = None, painted_t: float = 1.0, faces: bool = False, fmt: str = "png") -> Path:
         """Write the full-resolution output (bit depth, alpha and ICC kept) in ``fmt``; a new file
         each time (never replaces one)."""
         if fmt not in FORMATS:
             raise InvalidInputError(f"`format` must be one of {list(FORMATS)}, got {fmt!r}.")
         up = self.upscaler(model)
+        faces = faces and self.takes_map(model)
         ready = self.prepared(path, model, faces=faces)
         knob = up.knob.kind != "none"
-        mask = _current(mask, ready.data.size)
-        t_map = paint_map(mask, float(t), painted_t) if knob and t is not None else None
-        (out,) = ready.render_data(t_map if t_map is not None else (t if knob else None))
-        label = "" if not knob else ("_tmap" if t_map is not None else f"_t{t:.2f}")
+        t = (float(up.knob.default_t or 0.0) if t is None else t) if knob else None
+        mask = _current(mask, ready.data, painted_on)
+        t_map = paint_map(mask, t, painted_t) if t is not None else None
+        (out,) = ready.render_data(t_map if t_map is not None else t)
+        label = "" if t is None else ("_tmap" if t_map is not None else f"_t{t:.2f}")
         self.outputs.mkdir(parents=True, exist_ok=True)
         stem = f"{Path(path).stem}_{model}{label}"
         for index in range(10_000):
             target = self.outputs / f"{stem}{'' if index == 0 else f'_{index}'}.{fmt}"
+            if target.exists():  # checked before encoding; write_image refuses a file that appears meanwhile
+                continue
             try:
                 return write_image(out, target, overwrite=False)
             except FileExistsError:
@@ -274,13 +318,9 @@ class Workbench:
         raise InvalidInputError(f"too many downloads named {stem} in {self.outputs}; clear that folder.")
 
     def _has(self, path: str | Path, model: str, faces: bool) -> bool:
-        path = Path(path)
-        try:
-            stat = path.stat()
-        except OSError:
-            return False
+        key = self._key(path, model, faces)
         with self._lock:
-            return (str(path), stat.st_size, stat.st_mtime_ns, model, faces) in self._prepared
+            return key in self._prepared
 
 
 def mask_from_layers(layers: Sequence[np.ndarray] | None) -> np.ndarray | None:
@@ -295,13 +335,20 @@ def mask_from_layers(layers: Sequence[np.ndarray] | None) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _current(mask: np.ndarray | None, size: tuple[int, int]) -> np.ndarray | None:
-    """``mask`` if it was painted on this image (its aspect ratio), else None: the editor may still
-    hold the previous image's painting when a new image's first request runs."""
+def _current(mask: np.ndarray | None, data: ImageData, painted_on: np.ndarray | None = None) -> np.ndarray | None:
+    """``mask`` if it was painted on this image, else None: the editor may still hold the previous
+    image's painting when a new image's first request runs. ``painted_on``: the editor's background
+    (8-bit, the image as the page gave it to the editor), compared with the image when given; the
+    mask's aspect ratio is checked in any case."""
     if mask is None:
         return None
-    height, width = size
+    if painted_on is not None:
+        shown = _to_u8(data.pixels)
+        if painted_on.shape[:2] != shown.shape[:2] or np.abs(painted_on[..., :3].astype(np.int16) - shown).mean() > 1.0:
+            logger.info("ignoring a mask painted on another image")
+            return None
+    height, width = data.size
     if abs(mask.shape[0] * width - mask.shape[1] * height) > max(height, width, *mask.shape) * 1.0:
-        logger.info("ignoring a painted mask of %s for an image of %s", mask.shape, size)
+        logger.info("ignoring a painted mask of %s for an image of %s", mask.shape, data.size)
         return None
     return mask
