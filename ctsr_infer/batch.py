@@ -27,6 +27,7 @@ from .progress import ProgressCallback, emit
 from .tmap import TMap
 
 __all__ = [
+    "check_report_path",
     "OUTPUT_FORMATS",
     "BatchItem",
     "BatchReport",
@@ -93,6 +94,35 @@ class BatchReport:
                             ("error", pa.string()), ("seconds", pa.float64())])
         table = pa.Table.from_pylist(self.rows(), schema=schema)
         return atomic_write(path, writer=lambda tmp: pq.write_table(table, tmp))
+
+
+def check_report_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse a report path before a run rather than after it: a suffix other than ``.json`` or
+    ``.parquet``, Parquet without pyarrow, or an existing file that is not an earlier report (a rerun
+    replaces its own report; any other file only with ``overwrite``)."""
+    path = Path(path)
+    kind = path.suffix.lower()
+    if kind not in (".json", ".parquet"):
+        raise InvalidInputError(f"`report` (--report) must end in .json or .parquet, got {str(path)!r}.")
+    if kind == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        except ImportError:
+            raise MissingDependencyError("a Parquet report needs the `pyarrow` package; install it with "
+                                         "`pip install 'ctsr-infer[ray]'`, or write the report as .json.") from None
+    if overwrite or not path.exists():
+        return
+    try:
+        if kind == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            earlier = isinstance(data, dict) and {"ok", "skipped", "failed", "items"} <= set(data)
+        else:
+            earlier = {"source", "outputs", "status", "error", "seconds"} <= set(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - unreadable as a report: not one
+        earlier = False
+    if not earlier:
+        raise InvalidInputError(f"`report` (--report) {str(path)!r} exists and is not an earlier report; pick another name "
+                                "or add --overwrite.")
 
 
 _Entry = BatchItem | tuple[Job, float, Future]

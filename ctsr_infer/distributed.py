@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -44,8 +45,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .atomic import TMP_MARK
-from .batch import BatchItem, BatchReport, FileSteps, Job, read_input, run_steps
-from .errors import CtsrError, InvalidInputError, MissingDependencyError
+from .batch import BatchItem, BatchReport, FileSteps, Job, check_report_path, read_input, run_steps
+from .errors import CtsrError, DeviceError, InvalidInputError, MissingDependencyError
 from .plan import is_listed, jobs_for, plan_jobs
 from .progress import ProgressCallback, emit
 from .tmap import TMap
@@ -218,11 +219,21 @@ def _test_exit_hook(item: BatchItem) -> None:
     os._exit(1)
 
 
+TASK_RETRIES = 3
+"""Retries of a batch whose worker died (each on a restarted worker) before its files are reported failed."""
+
+
 # -- planning ---------------------------------------------------------------------------------
 
 
 def _is_uri(value: object) -> bool:
-    return isinstance(value, str) and "://" in value and not Path(value).exists()
+    """A URI (``s3://bucket/x``), also after ``Path`` folded its ``//`` (``s3:/bucket/x``)."""
+    return isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", value) is not None and not Path(value).exists()
+
+
+def _for_workers(source: Path, filesystem: Any) -> str:
+    """A source path as workers see it: absolute for local files, as planned on another file system."""
+    return str(source) if filesystem is not None else str(source.absolute())
 
 
 def _pyarrow_filesystem(filesystem: Any) -> Any:
@@ -470,6 +481,8 @@ def upscale_dataset(
     ray = _import_ray()
     _check_arguments(batch_size=batch_size, num_workers=num_workers, concurrency=concurrency,
                      num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker, output=output)
+    if report is not None:
+        check_report_path(report, overwrite=overwrite)
     ts: list[float | TMap] | None
     if t is None:
         ts = None
@@ -489,7 +502,7 @@ def upscale_dataset(
             ray.init(address=address, include_dashboard=False, logging_level=_RAY_LOG_LEVEL[0])
         except (ConnectionError, ValueError, RuntimeError) as exc:
             where = f"at `address` {address!r}" if address else "(RAY_ADDRESS, or a new local one)"
-            raise InvalidInputError(f"cannot start or reach a Ray cluster {where}: {exc}; give `auto` for a running "
+            raise DeviceError(f"cannot start or reach a Ray cluster {where}: {exc}; give `auto` for a running "
                                     "cluster (`ray start --head`), ray://HOST:10001 for a remote one, or nothing for a local one.") from None
     items: dict[int, BatchItem] = {}
     name: str | None = None
@@ -497,9 +510,12 @@ def upscale_dataset(
     try:
         # 2. the actors' resources
         strategy, per_cpu, per_gpu = _pool(ray, num_workers=num_workers, concurrency=concurrency,
-                                           num_gpus_per_worker=num_gpus_per_worker, num_cpus_per_worker=num_cpus_per_worker,
-                                           reads=dataset is not None)
-        plan = {str(job.source): (i, [str(p) for p in job.outputs]) for i, job in enumerate(jobs)} if dataset is not None else None
+                                           num_gpus_per_worker=0 if device == "cpu" and num_gpus_per_worker is None else num_gpus_per_worker,
+                                           num_cpus_per_worker=num_cpus_per_worker, reads=dataset is not None)
+        if per_gpu == 0 and device == "auto":  # an actor holding no GPU still sees them (CUDA_VISIBLE_DEVICES is left as is)
+            device = "cpu"
+        plan = ({str(job.source): (i, [str(p.absolute()) for p in job.outputs]) for i, job in enumerate(jobs)}
+                if dataset is not None else None)
         config = _RunConfig(
             model=None if model is None else str(model), base=None if base is None else str(base), device=device,
             dtype=dtype, compile=compile, threads=threads if threads is not None or per_gpu > 0 else max(1, int(per_cpu)),
@@ -509,13 +525,21 @@ def upscale_dataset(
         )
         # 3. stream small rows through the actor pool, and the report rows back
         if dataset is None:
-            rows = [{"index": i, "source": str(job.source), "outputs": [str(p) for p in job.outputs]} for i, job in enumerate(jobs)]
+            # absolute: workers do not share the driver's working directory (only a local cluster does)
+            rows = [{"index": i, "source": _for_workers(job.source, fs), "outputs": [str(p.absolute()) for p in job.outputs]}
+                    for i, job in enumerate(jobs)]
             stream = ray.data.from_items(rows, override_num_blocks=min(_MAX_BLOCKS, math.ceil(len(rows) / batch_size)))
         else:
             stream = dataset.select_columns(["path", "bytes"])
+        # a batch whose worker dies is retried up to TASK_RETRIES times (on a restarted worker), then
+        # dropped instead of failing the run: its files are reported failed below, and one file that
+        # crashes its worker every time (a decoder segfault, an out-of-memory kill) stalls nothing
+        context = ray.data.DataContext.get_current()
+        errored_blocks, context.max_errored_blocks = context.max_errored_blocks, -1
         results = stream.map_batches(
             _UpscaleActor, fn_constructor_kwargs={"config": config, "plan": None if plan is None else ray.put(plan)},
             batch_size=batch_size, batch_format="pyarrow", compute=strategy, num_cpus=per_cpu, num_gpus=per_gpu or None,
+            max_restarts=-1, max_task_retries=TASK_RETRIES,
         )
         emit(on_progress, "file", 0, len(jobs))
         for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
@@ -532,11 +556,15 @@ def upscale_dataset(
                     on_item(items[index])
                 emit(on_progress, "file", len(items), len(jobs))
     finally:
+        if "errored_blocks" in locals():
+            ray.data.DataContext.get_current().max_errored_blocks = errored_blocks
         if started:
             ray.shutdown()
     _sweep_temporaries([items[i] for i in sorted(items)], since=started_at)
-    for index, job in enumerate(jobs):  # never expected: Ray returns every row or raises
-        items.setdefault(index, BatchItem(job.source, job.outputs, "failed", "no result came back from the Ray cluster"))
+    for index, job in enumerate(jobs):  # a batch dropped after TASK_RETRIES retries of a dying worker
+        items.setdefault(index, BatchItem(job.source, job.outputs, "failed",
+                                          f"its worker died {TASK_RETRIES + 1} times on its batch (a crash or an out-of-memory kill); "
+                                          "run this file alone to see why"))
     result = BatchReport(items=[items[index] for index in range(len(jobs))], model=name)
     if report is not None:
         result.write(report)

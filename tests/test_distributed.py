@@ -142,6 +142,17 @@ def test_a_worker_that_dies_mid_batch_is_retried_without_duplicates(cluster: Non
     assert _files(out) == expected  # every output whole and present; no temporary file left
 
 
+def test_relative_paths_mean_the_drivers_folder(cluster: None, folder: Path, reference, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers do not share the driver's working directory (it moved after the cluster started, as
+    it differs on a remote one): relative paths are resolved on the driver."""
+    _, expected = reference
+    shutil.copytree(folder, tmp_path / "in")
+    monkeypatch.chdir(tmp_path)
+    report = upscale_dataset("in", "out", model="ctsr-lite", num_workers=WORKERS)
+    assert report.count("failed") == 1 and _files(tmp_path / "out") == expected
+
+
 def test_a_dataset_of_encoded_files_as_the_source(cluster: None, folder: Path, reference, tmp_path: Path) -> None:
     """A Dataset's bytes are decoded inside the actors: the same files, errors named by the source path."""
     _, expected = reference
@@ -184,6 +195,21 @@ def test_cli_ray_flags_need_ray_and_files(folder: Path, tmp_path: Path) -> None:
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     result = CliRunner().invoke(app, ["upscale", "-", "-o", "-", "--ray"])
     assert result.exit_code == 2 and "stdin" in result.output
+    result = CliRunner().invoke(app, ["upscale", str(folder), "-o", "s3://bucket/out", "--ray"])  # Path folds it to s3:/
+    assert result.exit_code == 2 and "`output`" in result.output, result.output
+
+
+def test_a_report_never_replaces_another_file(folder: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "notes.json"
+    mine.write_text('{"mine": true}')
+    args = ["upscale", str(folder / "rgb1.png"), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--report", str(mine)])
+    assert result.exit_code == 2 and "--overwrite" in result.output and mine.read_text() == '{"mine": true}'
+    assert not (tmp_path / "out").exists()  # refused before the run
+    first = CliRunner().invoke(app, [*args, "--report", str(tmp_path / "r.json")])
+    again = CliRunner().invoke(app, [*args, "--report", str(tmp_path / "r.json")])  # a rerun replaces its own report
+    assert first.exit_code == again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "r.json").read_text())["skipped"] == 1
 
 
 _WITHOUT_RAY = """

@@ -83,8 +83,10 @@ def upscale(
         raise typer.BadParameter(f"--batch-size must be >= 1, got {batch_size}.")
     check_encoding(quality=quality, png_level=png_level)
     _check_ray_flags(ray_run, ray_address=ray_address, workers=workers, gpus_per_worker=gpus_per_worker)
-    if report_file is not None and report_file.suffix.lower() not in (".json", ".parquet"):
-        raise typer.BadParameter(f"--report must end in .json or .parquet, got {str(report_file)!r}.")
+    if report_file is not None:
+        from ..batch import check_report_path
+
+        check_report_path(report_file, overwrite=overwrite)
     stdio = str(output) == "-" or any(str(p) == "-" for p in inputs)
     if stdio and ray_run:
         raise typer.BadParameter("--ray runs files and folders, not `-` (stdin/stdout).")
