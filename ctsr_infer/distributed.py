@@ -506,6 +506,7 @@ def upscale_dataset(
                                     "cluster (`ray start --head`), ray://HOST:10001 for a remote one, or nothing for a local one.") from None
     items: dict[int, BatchItem] = {}
     name: str | None = None
+    stopped: BaseException | None = None
     started_at = time.time()
     try:
         # 2. the actors' resources
@@ -531,41 +532,65 @@ def upscale_dataset(
             stream = ray.data.from_items(rows, override_num_blocks=min(_MAX_BLOCKS, math.ceil(len(rows) / batch_size)))
         else:
             stream = dataset.select_columns(["path", "bytes"])
-        # a batch whose worker dies is retried up to TASK_RETRIES times (on a restarted worker), then
-        # dropped instead of failing the run: its files are reported failed below, and one file that
-        # crashes its worker every time (a decoder segfault, an out-of-memory kill) stalls nothing
-        context = ray.data.DataContext.get_current()
-        errored_blocks, context.max_errored_blocks = context.max_errored_blocks, -1
+        # a batch whose worker dies is retried up to TASK_RETRIES times (on a restarted worker); after
+        # that Ray stops the run, and the files without a result are reported failed (below): a file
+        # that crashes its worker every time (a decoder segfault, an out-of-memory kill) ends the run
+        # with a report instead of restarting workers forever (Ray's default)
         results = stream.map_batches(
             _UpscaleActor, fn_constructor_kwargs={"config": config, "plan": None if plan is None else ray.put(plan)},
             batch_size=batch_size, batch_format="pyarrow", compute=strategy, num_cpus=per_cpu, num_gpus=per_gpu or None,
             max_restarts=-1, max_task_retries=TASK_RETRIES,
         )
         emit(on_progress, "file", 0, len(jobs))
-        for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-            for row in batch.to_pylist():
-                if row["refused"] is not None:  # the model or the options, refused where the actors run
-                    raise pickle.loads(row["refused"])  # written by this run's own actors
-                name = row["model"]
-                index = int(row["index"])
-                if index in items:  # a retried batch may report again: the first report stands
-                    continue
-                job = jobs[index]
-                items[index] = BatchItem(job.source, job.outputs, row["status"], row["error"], float(row["seconds"]))
-                if on_item is not None:
-                    on_item(items[index])
-                emit(on_progress, "file", len(items), len(jobs))
+        try:
+            for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
+                _collect(batch, jobs, items, on_item, on_progress)
+                name = name or _model_name(batch)
+        except ray.exceptions.RayError as exc:
+            stopped = exc
+            logger.warning("the Ray run stopped after %d of %d files: %s", len(items), len(jobs), str(exc).splitlines()[0])
     finally:
-        if "errored_blocks" in locals():
-            ray.data.DataContext.get_current().max_errored_blocks = errored_blocks
         if started:
             ray.shutdown()
     _sweep_temporaries([items[i] for i in sorted(items)], since=started_at)
-    for index, job in enumerate(jobs):  # a batch dropped after TASK_RETRIES retries of a dying worker
-        items.setdefault(index, BatchItem(job.source, job.outputs, "failed",
-                                          f"its worker died {TASK_RETRIES + 1} times on its batch (a crash or an out-of-memory kill); "
-                                          "run this file alone to see why"))
+    why = (f"the Ray run stopped before this file's result came back ({type(stopped).__name__}); when a worker dies "
+           f"{TASK_RETRIES + 1} times on one batch, a file of it crashes the worker or runs it out of memory: run the failed "
+           "files alone to find it" if stopped is not None else "no result came back from the Ray cluster")
+    for index, job in enumerate(jobs):
+        if index not in items:  # outputs a dying attempt of this run completed are there, whole (atomic writes)
+            made = all(_made_since(path, started_at) for path in job.outputs)
+            items[index] = BatchItem(job.source, job.outputs, "ok" if made else "failed", None if made else why)
     result = BatchReport(items=[items[index] for index in range(len(jobs))], model=name)
     if report is not None:
         result.write(report)
     return result
+
+
+def _made_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1
+    except OSError:
+        return False
+
+
+def _model_name(batch: Any) -> str | None:
+    names = batch.column("model").to_pylist()
+    return names[0] if names else None
+
+
+def _collect(batch: Any, jobs: list[Job], items: dict[int, BatchItem], on_item: Callable[[BatchItem], None] | None,
+             on_progress: ProgressCallback | None) -> None:
+    """The report rows of one result batch into ``items`` (the first report of a file stands: a
+    retried batch may report again)."""
+    for row in batch.to_pylist():
+        if row["refused"] is not None:  # the model or the options, refused where the actors run
+            raise pickle.loads(row["refused"])  # written by this run's own actors
+        index = int(row["index"])
+        if index in items:
+            continue
+        job = jobs[index]
+        items[index] = BatchItem(job.source, job.outputs, row["status"], row["error"], float(row["seconds"]))
+        if on_item is not None:
+            on_item(items[index])
+        emit(on_progress, "file", len(items), len(jobs))
+

@@ -142,6 +142,41 @@ def test_a_worker_that_dies_mid_batch_is_retried_without_duplicates(cluster: Non
     assert _files(out) == expected  # every output whole and present; no temporary file left
 
 
+def test_a_batch_whose_worker_keeps_dying_ends_the_run_with_a_report(cluster: None, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test hook kills the worker after each file it writes while the flag file exists; a thread
+    keeps re-creating it, so the one batch of 6 files needs 6 attempts and gets 1 + 3 retries: the run
+    stops (no endless restarts) with every file in the report, the 4 written ones ok and whole."""
+    import threading
+
+    source = tmp_path / "in"
+    source.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(6):
+        Image.fromarray((rng.random((12, 12, 3)) * 255).astype(np.uint8)).save(source / f"f{index}.png")
+    flag = tmp_path / "always"
+    monkeypatch.setenv(TEST_EXIT_FILE, str(flag))
+    stop = threading.Event()
+
+    def keep() -> None:
+        while not stop.is_set():
+            flag.touch()
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=keep, daemon=True)
+    thread.start()
+    try:
+        report = upscale_dataset(source, tmp_path / "out", model="ctsr-lite", num_workers=1, batch_size=6)
+    finally:
+        stop.set()
+        thread.join()
+    assert [item.status for item in report.items] == ["ok"] * 4 + ["failed"] * 2
+    assert all("run the failed files alone" in str(item.error) for item in report.failed)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"f{i}.png" for i in range(4)]
+    for index in range(4):
+        assert Image.open(tmp_path / "out" / f"f{index}.png").size == (48, 48)
+
+
 def test_relative_paths_mean_the_drivers_folder(cluster: None, folder: Path, reference, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Workers do not share the driver's working directory (it moved after the cluster started, as
