@@ -552,7 +552,6 @@ def upscale_dataset(
     finally:
         if started:
             ray.shutdown()
-    _sweep_temporaries([items[i] for i in sorted(items)], since=started_at)
     why = (f"the Ray run stopped before this file's result came back ({type(stopped).__name__}); when a worker dies "
            f"{TASK_RETRIES + 1} times on one batch, a file of it crashes the worker or runs it out of memory: run the failed "
            "files alone to find it" if stopped is not None else "no result came back from the Ray cluster")
@@ -560,6 +559,7 @@ def upscale_dataset(
         if index not in items:  # outputs a dying attempt of this run completed are there, whole (atomic writes)
             made = all(_made_since(path, started_at) for path in job.outputs)
             items[index] = BatchItem(job.source, job.outputs, "ok" if made else "failed", None if made else why)
+    _sweep_temporaries([items[i] for i in sorted(items)], since=started_at)  # of the outputs complete by now
     result = BatchReport(items=[items[index] for index in range(len(jobs))], model=name)
     if report is not None:
         result.write(report)
