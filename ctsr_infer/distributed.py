@@ -294,15 +294,15 @@ def _plan_dataset(dataset: Any, output: Path, *, ts: Any, fmt: str | None, suffi
 
 
 def _sweep_temporaries(items: Sequence[BatchItem], *, since: float) -> None:
-    """Remove the temporary files a dead attempt left beside outputs that are now complete: for each
-    ok or skipped file, ``.<output name>.<random>.ctsr-tmp`` made since the run started (a worker
-    killed mid-write cannot remove its own). Outputs themselves are never touched; each output
-    folder is listed once; a folder the driver cannot see (not mounted here) is left alone."""
+    """Remove the temporary files dead attempts left: for each output of this run, whatever its
+    status, ``.<output name>.<random>.ctsr-tmp`` made since the run started (a worker killed
+    mid-write cannot remove its own; beside a complete output it is a second name of it, beside a
+    failed one a partial file). Outputs themselves are never touched; each output folder is listed
+    once; a folder the driver cannot see (not mounted here) is left alone."""
     complete: dict[Path, set[str]] = {}
     for item in items:
-        if item.status != "failed":
-            for output in item.outputs:
-                complete.setdefault(output.parent, set()).add(output.name)
+        for output in item.outputs:
+            complete.setdefault(output.parent, set()).add(output.name)
     removed = 0
     for folder, names in complete.items():
         try:

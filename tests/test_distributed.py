@@ -172,7 +172,8 @@ def test_a_batch_whose_worker_keeps_dying_ends_the_run_with_a_report(cluster: No
         thread.join()
     assert [item.status for item in report.items] == ["ok"] * 4 + ["failed"] * 2
     assert all("run the failed files alone" in str(item.error) for item in report.failed)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"f{i}.png" for i in range(4)]
+    # the visible files (a worker killed as the run stops may still leave a hidden partial file; folder runs ignore those)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [f"f{i}.png" for i in range(4)]
     for index in range(4):
         assert Image.open(tmp_path / "out" / f"f{index}.png").size == (48, 48)
 

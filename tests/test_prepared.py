@@ -14,6 +14,7 @@ import ctsr_infer
 from ctsr_infer.errors import InvalidInputError, KnobError
 from ctsr_infer.prepared import PreparedImage
 from ctsr_infer.tmap import TMap
+from test_resshift import resshift_student  # noqa: F401 - the converted tiny student, a fixture
 from tiny import same_8bit
 
 
@@ -160,23 +161,8 @@ def pisa_upscaler(tmp_path_factory: pytest.TempPathFactory, base_dir: Path) -> c
 
 
 @pytest.fixture(scope="module")
-def resshift_upscaler(tmp_path_factory: pytest.TempPathFactory) -> ctsr_infer.Upscaler:
-    import json
-
-    from typer.testing import CliRunner
-
-    from ctsr_infer.cli import app
-    from test_resshift import NET_CONFIG
-    from tiny import write_resshift_pair
-
-    folder = tmp_path_factory.mktemp("resshift-prepared")
-    unet_path, vq_path = write_resshift_pair(folder)
-    (folder / "net.json").write_text(json.dumps(NET_CONFIG))
-    target = folder / "tiny.safetensors"
-    result = CliRunner().invoke(app, ["models", "convert", str(unet_path), str(target), "--vq", str(vq_path),
-                                      "--net-config", str(folder / "net.json"), "--licence", "test"])
-    assert result.exit_code == 0, result.output
-    return ctsr_infer.load(target, device="cpu")
+def resshift_upscaler(resshift_student: Path) -> ctsr_infer.Upscaler:
+    return ctsr_infer.load(resshift_student, device="cpu")
 
 
 def test_faces_are_found_once_per_prepared_image(lite: ctsr_infer.Upscaler, monkeypatch: pytest.MonkeyPatch) -> None:
