@@ -146,7 +146,7 @@ def test_a_batch_whose_worker_keeps_dying_ends_the_run_with_a_report(cluster: No
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """The test hook kills the worker after each file it writes while the flag file exists; a thread
     keeps re-creating it, so the one batch of 6 files needs 6 attempts and gets 1 + 3 retries: the run
-    stops (no endless restarts) with every file in the report, the 4 written ones ok and whole."""
+    stops (no endless restarts) with every file in the report, the written ones ok and whole."""
     import threading
 
     source = tmp_path / "in"
@@ -170,12 +170,18 @@ def test_a_batch_whose_worker_keeps_dying_ends_the_run_with_a_report(cluster: No
     finally:
         stop.set()
         thread.join()
-    assert [item.status for item in report.items] == ["ok"] * 4 + ["failed"] * 2
+    # 1 + 3 attempts write one file each; Ray may start one more attempt as it gives up ("may or may
+    # not have been executed"), so 4 or 5 files are done, the rest failed, and the run ended
+    done = sum(item.status == "ok" for item in report.items)
+    assert 4 <= done <= 5 and [item.status for item in report.items] == ["ok"] * done + ["failed"] * (6 - done)
     assert all("run the failed files alone" in str(item.error) for item in report.failed)
-    # the visible files (a worker killed as the run stops may still leave a hidden partial file; folder runs ignore those)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [f"f{i}.png" for i in range(4)]
-    for index in range(4):
-        assert Image.open(tmp_path / "out" / f"f{index}.png").size == (48, 48)
+    # every file reported ok is there, and every visible file is whole (an attempt still running as the
+    # run stops may publish one more; a worker killed then may leave a hidden partial file, which folder
+    # runs ignore)
+    visible = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert visible[:done] == [f"f{i}.png" for i in range(done)]
+    for name in visible:
+        assert Image.open(tmp_path / "out" / name).size == (48, 48)
 
 
 def test_relative_paths_mean_the_drivers_folder(cluster: None, folder: Path, reference, tmp_path: Path,
