@@ -1,34 +1,4 @@
-"""Folders and datasets on a Ray cluster (the ``ray`` extra): Ray Data streams the files to a pool of
-actors, each holding one loaded :class:`~ctsr_infer.pipeline.Upscaler`.
-
-The work per file is the folder runner's, not a copy of it: each actor runs
-:func:`~ctsr_infer.batch.run_steps` with :class:`~ctsr_infer.batch.FileSteps` on the batch it is
-given, so naming (:func:`~ctsr_infer.plan.plan_jobs`), skip-existing with the settings check, the
-settings record, atomic writes and per-file errors are exactly those of ``ctsr upscale`` without
-``--ray``, and the files written are the same bytes (given the same CPU or GPU and dtype).
-
-Data flow:
-
-1. The driver plans the whole run (output names are unique by construction, and checked) before
-   anything starts.
-2. A Ray Dataset of small rows (the index, the source path and the output paths; for a Dataset
-   source also the file's encoded bytes) goes through ``map_batches`` with an actor pool
-   (``ActorPoolStrategy``): GPU actors where the cluster has GPUs, CPU actors otherwise. Files are
-   read and decoded inside the actors, so the object store only carries paths (or the encoded
-   bytes of a Dataset), and Ray Data's streaming executor bounds what is in flight.
-   An actor whose model or options are refused (a missing model, an option its family does not
-   take) touches no file and returns the error; the driver raises it as it is, so a bad option is
-   one usage error, as without Ray, not a failure per file.
-3. Each actor returns one report row per file; the driver streams them back (progress, ``on_item``)
-   and returns a :class:`~ctsr_infer.batch.BatchReport` in plan order, optionally written as JSON or
-   Parquet.
-
-Fault tolerance is Ray's: Ray Data's actor pools restart a dead actor (``max_restarts=-1``) and
-retry its task (``max_task_retries=-1``). A retried batch triages its files again, so outputs the
-dead attempt finished are skipped (same settings) and never written twice; a file being written
-when the actor died was never renamed into place, so no output is ever partial (a hidden
-``.<name>.<random>.ctsr-tmp`` may be left beside it; folder runs ignore such files).
-"""
+"""``upscale_dataset``: a planned run through a Ray Data actor pool, the report rows streamed back."""
 
 from __future__ import annotations
 
@@ -36,33 +6,23 @@ import logging
 import math
 import os
 import pickle
-import re
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from .atomic import TMP_MARK
-from .batch import BatchItem, BatchReport, FileSteps, Job, check_report_path, read_input, run_steps
-from .errors import CtsrError, DeviceError, InvalidInputError, MissingDependencyError
-from .plan import is_listed, jobs_for, plan_jobs
-from .progress import ProgressCallback, emit
-from .tmap import TMap
+from ..atomic import TMP_MARK
+from ..batch import BatchItem, BatchReport, Job, check_report_path
+from ..errors import DeviceError, InvalidInputError, MissingDependencyError
+from ..progress import ProgressCallback, emit
+from ..tmap import TMap
+from .sources import _for_workers, _is_uri, _plan
+from .worker import _FORWARDED, _RunConfig, _UpscaleActor
 
-__all__ = ["quiet_ray_logs", "upscale_dataset"]
+__all__ = ["TASK_RETRIES", "quiet_ray_logs", "upscale_dataset"]
 
 logger = logging.getLogger(__name__)
 
-TEST_EXIT_FILE = "CTSR_TEST_RAY_EXIT_FILE"
-"""Test-only: an environment variable naming a file. While that file exists, the first actor to
-finish a file deletes it and exits at once (``os._exit``), as a worker that crashes mid-batch; the
-test then checks that Ray's restart and retry finish the run without duplicate or partial outputs."""
-
-_FORWARDED = ("CTSR_CPU_FAST", "CTSR_OFFLINE", "HF_HUB_OFFLINE", "CTSR_VERBOSITY", TEST_EXIT_FILE)
-"""Environment variables that change what an actor does, passed on from the driver (paths such as
-``CTSR_HOME`` are not: they belong to each node)."""
 
 _MAX_BLOCKS = 4096
 """At most this many blocks for a planned run (a block is the unit Ray Data hands to an actor)."""
@@ -95,202 +55,8 @@ def _import_ray() -> Any:
     return ray
 
 
-@dataclass(frozen=True)
-class _RunConfig:
-    """What every actor needs to load the model and run the steps (pickled to each actor)."""
-
-    model: str | None
-    base: str | None
-    device: str
-    dtype: str
-    compile: bool
-    threads: int | None
-    ts: list[float | TMap] | None
-    overwrite: bool
-    quality: int | None
-    png_level: int | None
-    keep_metadata: bool
-    batch_size: int
-    options: dict[str, Any] = field(default_factory=dict)
-    filesystem: Any = None
-    """A pyarrow FileSystem the sources are read from (None: local paths, read as the folder runner does)."""
-    environment: dict[str, str] = field(default_factory=dict)
-    """The driver's values of :data:`_FORWARDED`, set in each actor."""
-
-    def load(self) -> Any:
-        from .pipeline import load
-
-        os.environ.update(self.environment)
-        if self.threads is not None:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        return load(self.model, base=self.base, device=self.device, dtype=self.dtype, compile=self.compile)
-
-    def steps(self, upscaler: Any, read: Callable[[Job], Any] | None = None) -> FileSteps:
-        return FileSteps(upscaler, ts=self.ts, overwrite=self.overwrite, quality=self.quality, png_level=self.png_level,
-                         keep_metadata=self.keep_metadata, read=read, **self.options)
-
-
-def _decode_bytes(payload: bytes, source: Path) -> Any:
-    """Decode an encoded file the folder runner's way: through a private temporary file of the same
-    name (16-bit PNG and TIFF readers and the animation reader take files). Errors name ``source``."""
-    with tempfile.TemporaryDirectory(prefix="ctsr-ray-") as folder:
-        path = Path(folder) / (source.name or "input")
-        path.write_bytes(payload)
-        try:
-            return read_input(path)
-        except CtsrError as exc:
-            raise type(exc)(str(exc).replace(str(path), str(source))) from None
-
-
-class _UpscaleActor:
-    """One Ray Data actor: the model loaded once, then :func:`run_steps` on every batch it is given.
-
-    A batch is a pyarrow table of rows ``index``, ``source``, ``outputs`` (and ``bytes`` for a Dataset
-    source); the result has one report row per input row.
-    """
-
-    def __init__(self, config: _RunConfig, plan: Any = None) -> None:
-        import ray
-
-        self.config = config
-        self.plan: dict[str, tuple[int, list[str]]] | None = ray.get(plan) if isinstance(plan, ray.ObjectRef) else plan
-        self.payloads: dict[Job, bytes] = {}
-        self.refused: bytes | None = None
-        """The pickled error when the model or the options are refused: returned with every row, and
-        raised by the driver as it is (a usage or environment error, not a failure per file)."""
-        try:
-            self.upscaler = config.load()
-            self.steps = config.steps(self.upscaler, read=self._read)
-        except CtsrError as exc:
-            self.refused = pickle.dumps(exc)
-
-    def _read(self, job: Job) -> Any:
-        payload = self.payloads.pop(job, None)
-        if payload is None and self.config.filesystem is not None:
-            with self.config.filesystem.open_input_file(str(job.source)) as handle:
-                payload = handle.readall()
-        return read_input(job.source) if payload is None else _decode_bytes(payload, job.source)
-
-    def __call__(self, batch: Any) -> Any:
-        import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-        rows = batch.to_pylist()
-        if self.refused is not None:  # nothing is read or written
-            return pa.Table.from_pylist([{"index": -1, "status": "failed", "refused": self.refused}], schema=_result_schema())
-        if self.plan is not None:  # a Dataset's rows: path and bytes
-            for row in rows:
-                row["source"] = str(row["path"])
-                row["index"], row["outputs"] = self.plan[row["source"]]
-        jobs = [Job(Path(row["source"]), tuple(Path(p) for p in row["outputs"])) for row in rows]
-        for job, row in zip(jobs, rows, strict=True):
-            if row.get("bytes") is not None:
-                self.payloads[job] = row["bytes"]
-        try:
-            report = run_steps(self.steps, jobs, batch_size=self.config.batch_size, on_item=_test_exit_hook)
-        finally:
-            for job in jobs:
-                self.payloads.pop(job, None)
-        return pa.Table.from_pylist(
-            [{"index": row["index"], "status": item.status, "error": item.error, "seconds": item.seconds, "model": self.upscaler.name}
-             for row, item in zip(rows, report.items, strict=True)],
-            schema=_result_schema(),
-        )
-
-
-def _result_schema() -> Any:
-    """The actors' result rows: a report row per file, or one row carrying a refusal."""
-    import pyarrow as pa  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    return pa.schema([("index", pa.int64()), ("status", pa.string()), ("error", pa.string()), ("seconds", pa.float64()),
-                      ("model", pa.string()), ("refused", pa.binary())])
-
-
-def _test_exit_hook(item: BatchItem) -> None:
-    """See :data:`TEST_EXIT_FILE`: exit once, mid-batch, right after a file was written."""
-    flag = os.environ.get(TEST_EXIT_FILE)
-    if not flag or item.status != "ok":
-        return
-    try:
-        os.unlink(flag)  # only one process can delete it: one crash per file created
-    except FileNotFoundError:
-        return
-    os._exit(1)
-
-
 TASK_RETRIES = 3
 """Retries of a batch whose worker died (each on a restarted worker) before its files are reported failed."""
-
-
-# -- planning ---------------------------------------------------------------------------------
-
-
-def _is_uri(value: object) -> bool:
-    """A URI (``s3://bucket/x``), also after ``Path`` folded its ``//`` (``s3:/bucket/x``)."""
-    return isinstance(value, str) and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", value) is not None and not Path(value).exists()
-
-
-def _for_workers(source: Path, filesystem: Any) -> str:
-    """A source path as workers see it: absolute for local files, as planned on another file system."""
-    return str(source) if filesystem is not None else str(source.absolute())
-
-
-def _pyarrow_filesystem(filesystem: Any) -> Any:
-    """A pyarrow FileSystem from a pyarrow or an fsspec file system."""
-    import pyarrow.fs as pafs  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    if isinstance(filesystem, pafs.FileSystem):
-        return filesystem
-    if hasattr(filesystem, "open") and hasattr(filesystem, "ls"):  # fsspec
-        return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
-    raise InvalidInputError(f"`filesystem` must be a pyarrow.fs.FileSystem or an fsspec file system, got {type(filesystem).__name__}.")
-
-
-def _plan_filesystem(source: str, filesystem: Any, output: Path, *, ts: Any, recursive: bool, fmt: str | None,
-                     suffix: str) -> tuple[list[Job], Any]:
-    """Jobs for a folder or file on another file system (``s3://bucket/folder``, or a path in
-    ``filesystem``): listed and named as a local folder run would, read by the actors."""
-    import pyarrow.fs as pafs  # type: ignore[import-untyped,import-not-found,unused-ignore]
-
-    if filesystem is None:
-        try:
-            filesystem, root = pafs.FileSystem.from_uri(source)
-        except (ValueError, OSError) as exc:
-            raise InvalidInputError(f"`source` {source!r} is not a folder pyarrow can open ({exc}).") from None
-    else:
-        filesystem, root = _pyarrow_filesystem(filesystem), source
-    info = filesystem.get_file_info(root)
-    if info.type == pafs.FileType.File:
-        listed = [(Path(root), Path(PurePosixPath(root).name))]
-    elif info.type == pafs.FileType.Directory:
-        found = filesystem.get_file_info(pafs.FileSelector(root, recursive=recursive))
-        top = PurePosixPath(root)
-        relative = sorted((str(PurePosixPath(i.path).relative_to(top)), i.path) for i in found if i.type == pafs.FileType.File)
-        listed = [(Path(path), Path(rel)) for rel, path in relative if is_listed(PurePosixPath(rel))]
-    else:
-        raise InvalidInputError(f"`source` {source!r} does not exist.")
-    return jobs_for(listed, output, ts=ts, fmt=fmt, suffix=suffix), filesystem
-
-
-def _plan_dataset(dataset: Any, output: Path, *, ts: Any, fmt: str | None, suffix: str) -> list[Job]:
-    """Jobs for a Ray Dataset of encoded files: named after its ``path`` column, mirrored from the
-    paths' common folder (as a recursive folder run would). Reading the paths runs the dataset once."""
-    columns = set(dataset.columns() or [])
-    if not {"path", "bytes"} <= columns:
-        raise InvalidInputError(
-            f"a Dataset `source` needs a `path` and a `bytes` column (the encoded file), got {sorted(columns)}; "
-            "make it with ray.data.read_binary_files(paths, include_paths=True)."
-        )
-    paths = [str(row["path"]) for row in dataset.select_columns(["path"]).iter_rows()]
-    if len(set(paths)) != len(paths):
-        twice = sorted({p for p in paths if paths.count(p) > 1})
-        raise InvalidInputError(f"the Dataset `source` lists `{twice[0]}` more than once; each file once, please.")
-    if not paths:
-        return []
-    top = PurePosixPath(os.path.commonpath([str(PurePosixPath(p).parent) for p in paths]))
-    listed = sorted((str(PurePosixPath(p).relative_to(top)), p) for p in paths)
-    return jobs_for([(Path(p), Path(rel)) for rel, p in listed], output, ts=ts, fmt=fmt, suffix=suffix)
 
 
 def _sweep_temporaries(items: Sequence[BatchItem], *, since: float) -> None:
@@ -390,19 +156,6 @@ def _check_arguments(*, batch_size: Any, num_workers: Any, concurrency: Any, num
         raise InvalidInputError(f"`output` {str(output)!r} must be a folder path every worker can write (local, or a shared "
                                 "mount such as NFS): outputs are written atomically by a rename, which object stores lack.")
 
-
-def _plan(ray: Any, source: Any, output: Path, *, filesystem: Any, ts: list[float | TMap] | None, recursive: bool,
-          fmt: str | None, suffix: str) -> tuple[list[Job], Any, Any]:
-    """(jobs, the file system the actors read from or None, the Dataset source or None)."""
-    if isinstance(source, ray.data.Dataset):
-        return _plan_dataset(source, output, ts=ts, fmt=fmt, suffix=suffix), None, source
-    if filesystem is not None or _is_uri(source):
-        if not isinstance(source, (str, os.PathLike)):
-            raise InvalidInputError("with `filesystem` (or a URI) `source` is one folder or file, not a list.")
-        jobs, fs = _plan_filesystem(str(source), filesystem, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix)
-        return jobs, fs, None
-    inputs = [Path(source)] if isinstance(source, (str, os.PathLike)) else [Path(p) for p in source]
-    return plan_jobs(inputs, output, ts=ts, recursive=recursive, fmt=fmt, suffix=suffix), None, None
 
 
 def upscale_dataset(
@@ -593,4 +346,3 @@ def _collect(batch: Any, jobs: list[Job], items: dict[int, BatchItem], on_item: 
         if on_item is not None:
             on_item(items[index])
         emit(on_progress, "file", len(items), len(jobs))
-
