@@ -29,37 +29,18 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
 
 import ctsr_infer
 from ctsr_infer.batch import BatchReport, plan_jobs, run_batch
 
-
-def make_folder(photos: Path, target: Path, count: int, size: int, seed: int = 0) -> None:
-    """``count`` random ``size``x``size`` crops of the photos (resized by 1-3x first), PNG and JPEG."""
-    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        raise SystemExit(f"no photos in {photos}; run scripts/fetch_photos.sh first")
-    rng = np.random.default_rng(seed)
-    target.mkdir(parents=True)
-    for index in range(count):
-        with Image.open(files[index % len(files)]) as image:
-            image = image.convert("RGB")
-            scale = max(size / image.width, size / image.height) * float(rng.uniform(1.0, 3.0))
-            small = image.resize((max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-                                 Image.Resampling.LANCZOS)
-            left, top = int(rng.integers(0, small.width - size + 1)), int(rng.integers(0, small.height - size + 1))
-            crop = small.crop((left, top, left + size, top + size))
-            if index % 2:
-                crop.save(target / f"crop{index:03d}.jpg", quality=90)
-            else:
-                crop.save(target / f"crop{index:03d}.png")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_throughput import make_folder  # noqa: E402 - the same seeded crops of the photos
 
 
 def timed(run: Any) -> dict[str, Any]:
@@ -101,7 +82,8 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in configs}
     with tempfile.TemporaryDirectory(prefix="ctsr-ray-bench-") as scratch:
         folder = Path(scratch) / "in"
-        make_folder(args.photos, folder, args.count, args.size)
+        folder.mkdir(parents=True)
+        make_folder(args.photos, folder, args.count, equal=args.size)  # size x size crops, batch_throughput's folder
         run_batch(up, plan_jobs([folder], Path(scratch) / "warm")[:2])  # warm-up of the local model
         start = time.perf_counter()
         ray.init(num_cpus=args.cpus, include_dashboard=False, logging_level=logging.ERROR)
