@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin, TiffImagePlugin
 
 from .atomic import atomic_write
 from .errors import InvalidInputError
-from .image import _FORMATS, _NO_ALPHA_FORMATS, _SIXTEEN_BIT_FORMATS, ImageData, _channels, _quantise, to_pil
+from .image import _FORMATS, _NO_ALPHA_FORMATS, _SIXTEEN_BIT_FORMATS, ImageData, _channels, quantise, to_pil
 
 __all__ = ["output_format", "check_encoding", "metadata_options", "encode_image", "write_image", "read_comment", "holds_comment", "PNG_COMPRESS_LEVEL",
            "STAMP_KEY"]
@@ -147,7 +147,7 @@ def encode_image(data: ImageData, fmt: str, *, comment: str | None = None, quali
         logger.warning("%s holds 8 bits per channel: the 16-bit result is written at 8 bits.", fmt)
         bit_depth = 8
     if bit_depth == 16:
-        array = _quantise(_channels(data), 16)
+        array = quantise(_channels(data), 16)
         if fmt == "PNG":
             return _encode_png16(array, data.icc_profile, comment)
         import tifffile

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from .errors import InvalidInputError
-from .image import read_image, resize_bicubic
+from .image import quantise, read_image, resize_bicubic
 from .metrics import psnr, ssim
 from .plan import find_images
 
@@ -160,7 +160,7 @@ def evaluate(upscaler: Any, data: str | Path, *, ts: Sequence[float] | None = No
 
 
 def _to_u8(pixels: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(pixels[..., :3], 0.0, 1.0) * 255.0).astype(np.uint8)
+    return quantise(pixels[..., :3], 8)
 
 
 def crop_grid(samples: Sequence[tuple[str, dict[str, np.ndarray]]], path: str | Path, *, crop: int = 96, zoom: int = 2,

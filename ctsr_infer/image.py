@@ -341,7 +341,8 @@ def fill_transparent(pixels: np.ndarray, alpha: np.ndarray, *, threshold: float 
 # output
 
 
-def _quantise(array: np.ndarray, bit_depth: int) -> np.ndarray:
+def quantise(array: np.ndarray, bit_depth: int) -> np.ndarray:
+    """Float pixels in [0, 1] -> uint8 or uint16 (``bit_depth`` 16), rounded to nearest, clipped."""
     if bit_depth == 16:
         return np.round(array.clip(0.0, 1.0) * 65535.0).astype(np.uint16)
     return np.round(array.clip(0.0, 1.0) * 255.0).astype(np.uint8)
@@ -369,17 +370,17 @@ def to_numpy(data: ImageData) -> np.ndarray:
         array = array[:, :, 0]
     if data.bit_depth == 32:
         return array.clip(0.0, 1.0).astype(np.float32)
-    return _quantise(array, data.bit_depth)
+    return quantise(array, data.bit_depth)
 
 
 def to_pil(data: ImageData) -> Image.Image:
     """The image as a PIL image: RGB/RGBA/L/LA at 8 bits; 16-bit grayscale without alpha as I;16."""
     array = _channels(data)
     if data.grayscale and data.alpha is None and data.bit_depth == 16:
-        image = Image.fromarray(_quantise(array[:, :, 0], 16), "I;16")
+        image = Image.fromarray(quantise(array[:, :, 0], 16), "I;16")
     else:
         mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[array.shape[2]]
-        image = Image.fromarray(_quantise(array if array.shape[2] > 1 else array[:, :, 0], 8), mode)
+        image = Image.fromarray(quantise(array if array.shape[2] > 1 else array[:, :, 0], 8), mode)
     if data.icc_profile:
         image.info["icc_profile"] = data.icc_profile
     return image

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CtsrError, InvalidInputError
+from ..image import quantise
 from ..progress import ProgressEvent
 from .workbench import FORMATS, Workbench, mask_from_layers
 
@@ -121,7 +122,7 @@ def build_page(bench: Workbench) -> gr.Blocks:
             data = bench.read(path)
         except CtsrError as error:
             raise fail(error) from None
-        rgb = np.round(np.clip(data.pixels, 0, 1) * 255).astype(np.uint8)
+        rgb = quantise(data.pixels, 8)
         return {"background": rgb, "layers": [], "composite": rgb}
 
     with gr.Blocks(title="ctsr-infer", delete_cache=(600, 3600)) as page:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from ..encoding import write_image
 from ..errors import InvalidInputError
-from ..image import ImageData, read_image, resize_bicubic
+from ..image import ImageData, quantise, read_image, resize_bicubic
 from ..pipeline import Upscaler, load
 from ..prepared import PreparedImage
 from ..progress import ProgressCallback
@@ -93,20 +93,20 @@ def available_models() -> list[str]:
     return sorted(found, key=lambda m: m != manifest.default)
 
 
+def _u8(pixels: np.ndarray) -> np.ndarray:
+    return quantise(pixels, 8)
+
+
 def display(data: ImageData, *, side: int = DISPLAY_SIDE) -> np.ndarray:
     """8-bit RGB for the page: the pixels as ``upscale`` quantises them for an 8-bit image, reduced
     (Lanczos) when the longest side is over ``side``."""
-    pixels = _to_u8(data.pixels)
+    pixels = _u8(data.pixels)
     height, width = pixels.shape[:2]
     if max(height, width) <= side:
         return pixels
     factor = side / max(height, width)
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
-
-
-def _to_u8(pixels: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(pixels, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _zoom(pixels: np.ndarray, centre: tuple[float, float]) -> np.ndarray:
@@ -206,8 +206,7 @@ class Workbench:
         try:
             self.limits.check_file(path)
         except OSError:
-            raise InvalidInputError("the uploaded image is no longer on the server (uploads are kept for an hour); "
-                                    "upload it again.") from None
+            raise _gone() from None
         data = read_image(path)
         self.limits.check_image(data)
         return data
@@ -247,8 +246,7 @@ class Workbench:
         try:
             stat = path.stat()
         except OSError:
-            raise InvalidInputError("the uploaded image is no longer on the server (uploads are kept for an hour); "
-                                    "upload it again.") from None
+            raise _gone() from None
         return (str(path), stat.st_size, stat.st_mtime_ns, model, faces)
 
     def view(self, path: str | Path, model: str, *, t: float | None, compare: Compare = "bicubic", t_other: float = 1.0,
@@ -260,8 +258,8 @@ class Workbench:
         up = self.upscaler(model)
         knob = up.knob.kind != "none"
         faces = faces and self.takes_map(model)  # a checkbox left on from a model that takes maps
-        first = not self._has(path, model, faces)
         ready = self.prepared(path, model, faces=faces, on_progress=on_progress)
+        first = ready.last is None  # nothing rendered from it yet: its preparation is this request's
         prepare_s = ready.prepare_seconds if first else 0.0
         t_value: float | np.ndarray | None = t if knob else None
         mask = _current(mask, ready.data, painted_on)
@@ -278,7 +276,7 @@ class Workbench:
             before = self.bicubic(path, model, faces=faces)
         shown = time.perf_counter()
         after_px, before_px = display(after), display(before)
-        zoom_after, zoom_before = (_to_u8(_zoom(side.pixels, zoom)) for side in (after, before))
+        zoom_after, zoom_before = (_u8(_zoom(side.pixels, zoom)) for side in (after, before))
         map_image = None if t_map is None else np.round(t_map * 255).astype(np.uint8)
         done = time.perf_counter()
         parts = []
@@ -317,10 +315,9 @@ class Workbench:
                 continue
         raise InvalidInputError(f"too many downloads named {stem} in {self.outputs}; clear that folder.")
 
-    def _has(self, path: str | Path, model: str, faces: bool) -> bool:
-        key = self._key(path, model, faces)
-        with self._lock:
-            return key in self._prepared
+
+def _gone() -> InvalidInputError:
+    return InvalidInputError("the uploaded image is no longer on the server (uploads are kept for an hour); upload it again.")
 
 
 def mask_from_layers(layers: Sequence[np.ndarray] | None) -> np.ndarray | None:
@@ -343,7 +340,7 @@ def _current(mask: np.ndarray | None, data: ImageData, painted_on: np.ndarray | 
     if mask is None:
         return None
     if painted_on is not None:
-        shown = _to_u8(data.pixels)
+        shown = _u8(data.pixels)
         if painted_on.shape[:2] != shown.shape[:2] or np.abs(painted_on[..., :3].astype(np.int16) - shown).mean() > 1.0:
             logger.info("ignoring a mask painted on another image")
             return None
